@@ -17,6 +17,7 @@ import {
 import {
   AF_BRIDGE,
   AF_INET,
+  AF_INET6,
   AF_UNSPEC,
   NDA_DST,
   NDA_IFINDEX,
@@ -184,14 +185,18 @@ function dumpNeigh(h: NetlinkSocket, family: number, index: number, what: string
     .filter((n) => index === 0 || n.index === index);
 }
 
-/** Equivalent to: `ip neigh show [dev DEV]` (IPv4 and IPv6 unless `family` is given). */
+/**
+ * Neighbour entries, IPv4 and IPv6 unless `family` is given. Like iproute2, entries in state
+ * NOARP only (multicast and the like, which the kernel makes itself) are left out unless `all`.
+ * Equivalent to: `ip neigh show [dev DEV]` (`ip neigh show nud all` with `all`).
+ */
 export function neighList(
   h: NetlinkSocket,
-  filter: { dev?: number | string; family?: number } = {},
+  filter: { dev?: number | string; family?: number; all?: boolean } = {},
 ): Neigh[] {
   const index = filter.dev === undefined ? 0 : devIndex(h, filter.dev);
   return dumpNeigh(h, filter.family ?? AF_UNSPEC, index, 'neighbours').filter(
-    (n) => n.family === AF_INET || n.family === 10,
+    (n) => (n.family === AF_INET || n.family === AF_INET6) && (filter.all || n.state !== NUD_NOARP),
   );
 }
 

@@ -26,6 +26,7 @@ import {
   RTN_UNICAST,
   RTPROT_STATIC,
   RT_SCOPE_LINK,
+  RT_SCOPE_NOWHERE,
   RT_SCOPE_UNIVERSE,
   RT_TABLE_MAIN,
   formatIp,
@@ -126,13 +127,9 @@ export function routeAdd(h: NetlinkSocket, r: RouteSpec, o: { replace?: boolean 
 /** Equivalent to: `ip route del DST [via GW] [dev DEV] [table T]`. */
 export function routeDel(h: NetlinkSocket, r: RouteSpec, o: { ifExists?: boolean } = {}): void {
   try {
-    h.request(
-      routeMsg(RTM_DELROUTE, NLM_F_REQUEST, h, { ...r, scope: r.scope ?? 0, type: r.type ?? 0 }),
-      {
-        op: 'del',
-        object: describe(r),
-      },
-    );
+    // Scope NOWHERE and type UNSPEC match any route with the given keys, as `ip route del` does.
+    const spec = { ...r, scope: r.scope ?? RT_SCOPE_NOWHERE, type: r.type ?? 0 };
+    h.request(routeMsg(RTM_DELROUTE, NLM_F_REQUEST, h, spec), { op: 'del', object: describe(r) });
   } catch (e) {
     if (o.ifExists && isErrno(e, 'ESRCH')) return;
     throw e;

@@ -113,6 +113,7 @@ export const RTPROT_STATIC = 4;
 export const RT_SCOPE_UNIVERSE = 0;
 export const RT_SCOPE_LINK = 253;
 export const RT_SCOPE_HOST = 254;
+export const RT_SCOPE_NOWHERE = 255;
 export const RTN_UNICAST = 1;
 export const RTN_LOCAL = 2;
 export const RTN_BLACKHOLE = 6;
