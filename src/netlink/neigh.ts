@@ -146,7 +146,7 @@ export function neighAddMany(
   const index = devIndex(h, dev);
   const items: BatchItem[] = entries.map((e) => ({
     msg: neighMsg(RTM_NEWNEIGH, index, e),
-    desc: { op: 'add', object: `neigh ${e.ip} dev ${dev}` },
+    desc: () => ({ op: 'add', object: `neigh ${e.ip} dev ${dev}` }),
   }));
   h.batchOrThrow(items);
 }
@@ -231,7 +231,7 @@ export function fdbAddMany(
   h.batchOrThrow(
     entries.map((e) => ({
       msg: fdbMsg(RTM_NEWNEIGH, index, e),
-      desc: { op: 'add', object: `fdb ${e.mac}${e.dst ? ` dst ${e.dst}` : ''} dev ${dev}` },
+      desc: () => ({ op: 'add', object: `fdb ${e.mac}${e.dst ? ` dst ${e.dst}` : ''} dev ${dev}` }),
     })),
   );
 }

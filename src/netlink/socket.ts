@@ -116,8 +116,11 @@ export interface SocketOptions {
 /** One request of a batch: an encoded message (from NlWriter.finish) and its description. */
 export interface BatchItem {
   msg: Buffer;
-  desc: OpDesc;
+  /** A description, or a function making one: only failed items need it, so large batches pass a function. */
+  desc: OpDesc | (() => OpDesc);
 }
+
+const descOf = (d: OpDesc | (() => OpDesc)): OpDesc => (typeof d === 'function' ? d() : d);
 
 /** Largest datagram we send at once; well under the (raised) socket send buffer. */
 const BATCH_BYTES = 64 * 1024;
@@ -332,14 +335,14 @@ export class NetlinkSocket {
       send(this.fd, dgram);
       let pending = i - first;
       while (pending > 0) {
-        for (const m of this.receive(items[first]!.desc, false)) {
+        for (const m of this.receive(descOf(items[first]!.desc), false)) {
           const k = seqIndex.get(m.seq);
           if (k === undefined || m.type !== NLMSG_ERROR) continue;
           seqIndex.delete(m.seq);
           pending--;
           const ack = parseAck(m);
           if (ack.errno !== 0)
-            results[k] = new NetlinkError(items[k]!.desc, ack.errno, ack.message);
+            results[k] = new NetlinkError(descOf(items[k]!.desc), ack.errno, ack.message);
         }
       }
     }
