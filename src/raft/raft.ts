@@ -352,11 +352,8 @@ export class Raft {
     }
     this.uncommittedSize += size;
     let li = this.log.lastIndex();
-    for (const e of es) {
-      e.term = this.term;
-      e.index = ++li;
-    }
-    this.log.append(es);
+    // Fresh objects: a proposal message may be delivered twice and must not be aliased.
+    this.log.append(es.map((e) => ({ term: this.term, index: ++li, type: e.type, data: e.data })));
     // The leader's own match advances only when the driver reports the write (advance()), so
     // an entry never counts as replicated on a disk that has not got it.
     return true;
