@@ -242,18 +242,30 @@ export class TestNet {
     linkSet(this.sw, `h${host.index}`, { up: true });
   }
 
-  /** Kill everything running in the hosts and remove every namespace. Safe to call twice. */
-  destroy(): void {
+  /** Keep the namespaces after this process ends (scripts/testnet): close our handles only. */
+  release(): void {
     if (this.destroyed) return;
     this.destroyed = true;
     live.delete(this);
-    for (const c of this.children) c.kill('SIGKILL');
+    this.closeHandles();
+  }
+
+  private closeHandles(): void {
     for (const h of this.hosts) {
       h.rt.close();
       h.ns.close();
     }
     this.sw.close();
     this.switchNs.close();
+  }
+
+  /** Kill everything running in the hosts and remove every namespace. Safe to call twice. */
+  destroy(): void {
+    if (this.destroyed) return;
+    this.destroyed = true;
+    live.delete(this);
+    for (const c of this.children) c.kill('SIGKILL');
+    this.closeHandles();
     destroyByPrefix(this.prefix);
   }
 }
