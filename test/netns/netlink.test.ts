@@ -333,6 +333,25 @@ t.test('batches: thousands of requests, per-item errors, multi-part dumps', asyn
   t.equal(neighList(h, { dev: 'vx-003000' }).length, N + 499);
 });
 
+t.test('a receive queue overrun is reported, not silently lost', async (t) => {
+  const net = testnet(t, { hosts: 1 });
+  const host = net.hosts[0]!;
+  linkAdd(host.rt, { kind: 'vxlan', name: 'vx-004000', vni: 16384, dev: 'eth0', up: true });
+  const idx = linkGet(host.rt, 'vx-004000').index;
+  // A tiny receive buffer cannot hold the ACKs of a 64 KiB datagram of requests.
+  const small = NetlinkSocket.open(NETLINK_ROUTE, { netns: host.ns, rcvbuf: 1024 });
+  t.teardown(() => small.close());
+  const items = Array.from({ length: 1500 }, (_, i) => ({
+    msg: neighMsg(RTM_NEWNEIGH, idx, { ip: `10.6.${i >> 8}.${i & 255}`, mac: '02:00:00:00:00:02' }),
+    desc: { op: 'add', object: 'neigh batch' },
+  }));
+  const e = t.throws(() => small.batch(items)) as unknown as NetlinkError;
+  t.equal(e.errnoName, 'ENOBUFS');
+  t.match(e.message, /answers were lost; retry with a smaller batch/);
+  // The default socket handles the same batch.
+  t.same(host.rt.batch(items).filter((r) => r !== null), []);
+});
+
 t.test('generic netlink family lookup', async (t) => {
   const g = NetlinkSocket.open(NETLINK_GENERIC);
   t.teardown(() => g.close());
