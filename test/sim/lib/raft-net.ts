@@ -4,10 +4,10 @@
  * the cluster is quiet, and cuts/isolation/drop filters. May import src/raft.
  */
 
+import type { MessageType } from '../../../src/raft/index.js';
 import {
   EntryType,
   MemoryStorage,
-  MessageType,
   RawNode,
   SeededRandom,
   decodeConfChange,
