@@ -82,7 +82,7 @@ export interface OpenOptions extends Partial<LabelPolicy> {
    * is treated as plaintext, which is how a cluster migrates to encryption.
    */
   verifyIncoming?: boolean;
-  /** Cap on each decompressed payload. @default 1 MiB for packets */
+  /** Cap on the bytes all compress layers of one packet may expand to. @default 1 MiB */
   maxDecompressed?: number;
   /** Cap on compound/compress nesting. @default 4 */
   maxDepth?: number;
@@ -136,6 +136,7 @@ export function openPacket(buf: Uint8Array, opts: OpenOptions = {}): OpenedPacke
 }
 
 interface Limits {
+  /** Decompression budget left for the whole packet, shared by all its compress layers. */
   maxDecompressed: number;
   maxDepth: number;
   maxMessages: number;
@@ -167,7 +168,9 @@ function flatten(buf: Uint8Array, depth: number, out: OpenedPacket, lim: Limits)
       out.truncated += c.truncated;
       for (const p of c.parts) flatten(p, depth + 1, out, lim);
     } else {
-      flatten(decompressBody(buf.subarray(1), lim.maxDecompressed), depth + 1, out, lim);
+      const payload = decompressBody(buf.subarray(1), lim.maxDecompressed);
+      lim.maxDecompressed -= payload.length;
+      flatten(payload, depth + 1, out, lim);
     }
   } catch (e) {
     if (!(e instanceof WireError)) throw e;

@@ -314,6 +314,14 @@ t.test(
     t.ok(bomb.length < 20000, `2 MiB of zeros compress to ${bomb.length} bytes`);
     const b = decodePacket(bomb);
     t.match(String(b.errors[0]), /exceeds the 1048576-byte limit/);
+    // The budget is per packet, not per layer: many small bombs in one compound add up.
+    const userMsg = new Uint8Array(400 * 1024);
+    userMsg[0] = MessageType.user;
+    const part = compressMessage(userMsg);
+    const many = decodePacket(makeCompound([part, part, part]));
+    t.equal(many.messages.length, 2);
+    t.equal(many.errors.length, 1, 'third 400 KiB expansion exceeds the 1 MiB packet budget');
+    t.match(String(many.errors[0]), /exceeds the 229376-byte limit/);
   },
 );
 
