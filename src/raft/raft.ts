@@ -193,16 +193,15 @@ export class Raft {
     invariant(self !== undefined, 'leader has no progress for itself');
     self.becomeReplicate();
     self.match = this.log.stableLastIndex();
-    // No conf change until everything from earlier terms is applied: the one-at-a-time rule
-    // is only safe once the leader has committed an entry of its own term (thesis §4.1 and
-    // Ongaro's raft-dev errata of 2015).
-    this.pendingConfIndex = this.log.lastIndex();
     // The no-op (paper §5.4.2, thesis §6.4): commits the entries of earlier terms and lets
     // ReadIndex start serving.
     const ok = this.appendEntries([
       { term: 0, index: 0, type: EntryType.Normal, data: new Uint8Array(0) },
     ]);
     invariant(ok, 'empty no-op entry dropped');
+    // No conf change until the no-op is applied: the one-at-a-time rule is only safe once the
+    // leader has committed an entry of its own term (Ongaro, raft-dev errata, 2015).
+    this.pendingConfIndex = this.log.lastIndex();
   }
 
   // ---- ticks -------------------------------------------------------------------------------

@@ -54,6 +54,18 @@ export class RaftNet {
     }
   }
 
+  /** Start a new (joining) node on `storage`, with the same config overrides. */
+  addNode(id: number, storage: MemoryStorage, cfg: Partial<RaftConfig> = {}): NetNode {
+    const rn = new RawNode(
+      raftConfig(id, { checkQuorum: false, preVote: false, ...cfg }),
+      storage,
+      new SeededRandom(id),
+    );
+    const n: NetNode = { id, rn, storage, applied: [], readStates: [] };
+    this.nodes.set(id, n);
+    return n;
+  }
+
   node(id: number): NetNode {
     const n = this.nodes.get(id);
     if (n === undefined) throw new Error(`no node ${id}`);
