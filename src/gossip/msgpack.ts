@@ -531,7 +531,7 @@ function zeroOf(kind: FieldKind): unknown {
 }
 
 function isZero(kind: FieldKind, v: unknown): boolean {
-  if (kind === 'bytes') return (v as Uint8Array).length === 0;
+  if (kind === 'bytes') return v instanceof Uint8Array && v.length === 0;
   return v === zeroOf(kind);
 }
 
