@@ -125,10 +125,12 @@ export class Raft {
     this.prs.applyConfState(confState, this.log.lastIndex() + 1);
     if (hardState.term !== 0 || hardState.vote !== NONE || hardState.commit !== 0) {
       invariant(
-        hardState.commit >= this.log.committed && hardState.commit <= this.log.lastIndex(),
-        `hard state commit ${hardState.commit} outside [${this.log.committed}, ${this.log.lastIndex()}]`,
+        hardState.commit <= this.log.lastIndex(),
+        `hard state commit ${hardState.commit} beyond last index ${this.log.lastIndex()}`,
       );
-      this.log.committed = hardState.commit;
+      // A snapshot holds only committed state, so its index is committed even when a crash
+      // lost the hard state written after it.
+      this.log.committed = Math.max(hardState.commit, this.log.committed);
       this.term = hardState.term;
       this.vote = hardState.vote;
     }

@@ -10,7 +10,11 @@
 
 import { Buffer } from 'node:buffer';
 import {
+  ConfChangeRejectedError,
+  ConfChangeType,
   EntryType,
+  decodeConfChange,
+  type ConfChange,
   MemoryStorage,
   MessageType,
   ProposalDroppedError,
@@ -59,6 +63,9 @@ export interface SimResult {
   crashes: number;
   delivered: number;
   snapshotsSent: number;
+  readsChecked: number;
+  confChanges: number;
+  transfers: number;
 }
 
 class SimViolation extends Error {}
@@ -113,6 +120,9 @@ export function runRaftSim(seed: number, opts: Partial<SimOptions> = {}): SimRes
   const maxSizePerMsg = chance(0.5) ? 1 : 256;
   const pPropose = 0.1 + rng.next() * 0.4;
   const pCrashMidReady = rng.next() * 0.01;
+  const pRead = rng.next() * 0.05;
+  const pConf = rng.next() * 0.006;
+  const pTransfer = rng.next() * 0.003;
 
   const trace: string[] = [];
   const log = (s: string): void => {
@@ -123,6 +133,10 @@ export function runRaftSim(seed: number, opts: Partial<SimOptions> = {}): SimRes
   let delivered = 0;
   let crashes = 0;
   let snapshotsSent = 0;
+  let readsChecked = 0;
+  let confChanges = 0;
+  let transfers = 0;
+  let nextId = o.nodes + 1;
 
   const nodes = new Map<number, SimNode>();
   const net: InFlight[] = [];
@@ -133,6 +147,9 @@ export function runRaftSim(seed: number, opts: Partial<SimOptions> = {}): SimRes
   /** index:term → prevTerm|type|data of every persisted entry (log matching, inductively). */
   const persistedAt = new Map<string, string>();
   const acked = new Set<string>();
+  /** Outstanding ReadIndex requests: ctx → node, values acknowledged before it was issued. */
+  const reads = new Map<string, { node: number; before: string[]; index: number }>();
+  let readSeq = 0;
   const clients: Client[] = Array.from({ length: o.clients }, (_, i) => ({
     id: i + 1,
     seq: 1,
@@ -204,7 +221,15 @@ export function runRaftSim(seed: number, opts: Partial<SimOptions> = {}): SimRes
     if (prev !== undefined && prev !== key)
       fail(`state machine safety: index ${e.index} applied as ${prev} and ${key} (n${sn.id})`);
     appliedAt.set(e.index, key);
-    if (e.type !== EntryType.Normal || e.data.length === 0) return;
+    if (e.type === EntryType.ConfChange) {
+      const cc = decodeConfChange(e.data);
+      const cs = sn.node!.applyConfChange(cc);
+      log(
+        `n${sn.id} applied ${ConfChangeType[cc.type]} ${cc.nodeId} at ${e.index}: voters ${cs.voters} learners ${cs.learners}`,
+      );
+      return;
+    }
+    if (e.data.length === 0) return;
     const v = dec.decode(e.data);
     const [c, s] = v.split(':').map(Number) as [number, number];
     if (s > (sn.lastSeq.get(c) ?? 0)) {
@@ -233,15 +258,38 @@ export function runRaftSim(seed: number, opts: Partial<SimOptions> = {}): SimRes
 
   const crash = (sn: SimNode, why: string): void => {
     sn.node = undefined;
+    for (const [ctx, r] of reads) if (r.node === sn.id) reads.delete(ctx);
     crashes++;
     log(`crash n${sn.id} (${why})`);
+  };
+
+  const persistEntries = (sn: SimNode, ents: Entry[]): void => {
+    if (ents.length === 0) return;
+    sn.storage.append(ents);
+    for (const e of ents) {
+      const prevTerm = sn.storage.term(e.index - 1);
+      const k = `${e.index}:${e.term}`;
+      const v = `${prevTerm}|${e.type}|${Buffer.from(e.data).toString('hex')}`;
+      const had = persistedAt.get(k);
+      if (had !== undefined && had !== v) fail(`log matching: ${k} is ${had} and ${v} (n${sn.id})`);
+      persistedAt.set(k, v);
+    }
   };
 
   const handleReady = (sn: SimNode, rd: Ready, lossy: boolean): boolean => {
     const n = sn.node!;
     for (const m of rd.messages) send(m, lossy);
     if (lossy && chance(pCrashMidReady)) {
-      crash(sn, 'before write');
+      // Either nothing reached the disk, or a torn write: the snapshot and a prefix of the
+      // entries made it, the hard state (written last) did not.
+      if (chance(0.5)) {
+        if (rd.snapshot !== undefined) sn.storage.applySnapshot(rd.snapshot);
+        const keep = rng.intn(rd.entries.length + 1);
+        persistEntries(sn, rd.entries.slice(0, keep));
+        crash(sn, `torn write: ${keep}/${rd.entries.length} entries, no hard state`);
+      } else {
+        crash(sn, 'before write');
+      }
       return false;
     }
     if (rd.snapshot !== undefined) {
@@ -250,21 +298,14 @@ export function runRaftSim(seed: number, opts: Partial<SimOptions> = {}): SimRes
       sn.applied = rd.snapshot.metadata.index;
       log(`n${sn.id} restored snapshot ${sn.applied}`);
     }
-    if (rd.entries.length > 0) {
-      sn.storage.append(rd.entries);
-      for (const e of rd.entries) {
-        const prevTerm = sn.storage.term(e.index - 1);
-        const k = `${e.index}:${e.term}`;
-        const v = `${prevTerm}|${e.type}|${Buffer.from(e.data).toString('hex')}`;
-        const had = persistedAt.get(k);
-        if (had !== undefined && had !== v)
-          fail(`log matching: ${k} is ${had} and ${v} (n${sn.id})`);
-        persistedAt.set(k, v);
-      }
-    }
+    persistEntries(sn, rd.entries);
     if (rd.hardState !== undefined) sn.storage.setHardState(rd.hardState);
     for (const m of rd.persistedMessages) send(m, lossy);
     for (const e of rd.committedEntries) apply(sn, e);
+    for (const rs of rd.readStates) {
+      const r = reads.get(dec.decode(rs.requestCtx));
+      if (r !== undefined && r.node === sn.id) r.index = rs.index;
+    }
     n.advance(rd);
     if (rd.softState !== undefined) {
       const r = n.raft;
@@ -287,6 +328,85 @@ export function runRaftSim(seed: number, opts: Partial<SimOptions> = {}): SimRes
     }
   };
 
+  /** A read is served once its node applied up to the read index; it must see every value
+   * acknowledged before the read was issued (linearizability of ReadIndex). */
+  const serveReads = (): void => {
+    for (const [ctx, r] of reads) {
+      const sn = nodes.get(r.node)!;
+      if (r.index === 0 || sn.applied < r.index) continue;
+      reads.delete(ctx);
+      readsChecked++;
+      const have = new Set(sn.values);
+      for (const v of r.before)
+        if (!have.has(v)) fail(`stale read ${ctx} at n${sn.id} index ${r.index}: misses ${v}`);
+    }
+  };
+
+  const readIndex = (): void => {
+    const l = live();
+    if (l.length === 0) return;
+    const sn = l[rng.intn(l.length)]!;
+    const ctx = `r${++readSeq}`;
+    try {
+      sn.node!.readIndex(enc.encode(ctx));
+      reads.set(ctx, { node: sn.id, before: [...acked], index: 0 });
+    } catch (e) {
+      if (!(e instanceof ProposalDroppedError)) throw e;
+    }
+  };
+
+  const leaderNode = (): SimNode | undefined =>
+    live().find((n) => n.node!.raft.role === StateRole.Leader);
+
+  const addSimNode = (id: number): void => {
+    const sn: SimNode = {
+      id,
+      // A joining node knows the initial membership; it learns the rest from the log or a snapshot.
+      storage: MemoryStorage.bootstrap(ids),
+      node: undefined,
+      values: [],
+      lastSeq: new Map(),
+      applied: 0,
+      phase: rng.intn(o.tickEvery),
+    };
+    sn.node = makeNode(sn);
+    nodes.set(id, sn);
+  };
+
+  const reconfigure = (): void => {
+    const l = leaderNode();
+    if (l === undefined) return;
+    const cs = l.node!.raft.prs.confState();
+    let cc: ConfChange;
+    if (cs.learners.length > 0) {
+      cc = { type: ConfChangeType.PromoteLearner, nodeId: cs.learners[0]! };
+    } else if (cs.voters.length > o.nodes - 1 && (cs.voters.length > o.nodes || chance(0.5))) {
+      cc = { type: ConfChangeType.RemoveNode, nodeId: cs.voters[rng.intn(cs.voters.length)]! };
+    } else {
+      cc = { type: ConfChangeType.AddLearner, nodeId: nextId };
+    }
+    try {
+      l.node!.proposeConfChange(cc);
+    } catch (e) {
+      if (e instanceof ProposalDroppedError || e instanceof ConfChangeRejectedError) return;
+      throw e;
+    }
+    confChanges++;
+    log(`propose ${ConfChangeType[cc.type]} ${cc.nodeId} at n${l.id}`);
+    if (cc.type === ConfChangeType.AddLearner) addSimNode(nextId++);
+  };
+
+  const transfer = (): void => {
+    const l = leaderNode();
+    if (l === undefined) return;
+    const voters = l.node!.raft.prs.confState().voters.filter((v) => v !== l.id);
+    const to = voters[rng.intn(voters.length)];
+    if (to === undefined) return;
+    transfers++;
+    log(`transfer leadership n${l.id} -> n${to}`);
+    l.node!.transferLeader(to);
+  };
+
   const checkStep = (): void => {
     for (const sn of nodes.values()) {
       const r = sn.node?.raft;
@@ -296,6 +416,18 @@ export function runRaftSim(seed: number, opts: Partial<SimOptions> = {}): SimRes
         fail(`election safety: n${had} and n${sn.id} both leader in term ${r.term}`);
       leaderOfTerm.set(r.term, sn.id);
     }
+  };
+
+  /** Nodes in the membership of the most advanced node (removed ones are left out). */
+  const members = (): SimNode[] => {
+    let best: SimNode | undefined;
+    for (const sn of nodes.values())
+      if (sn.node !== undefined && (best === undefined || sn.applied > best.applied)) best = sn;
+    if (best === undefined) return [];
+    const cs = best.node!.raft.prs.confState();
+    return [...cs.voters, ...cs.learners]
+      .map((id) => nodes.get(id)!)
+      .filter((n) => n !== undefined);
   };
 
   const live = (): SimNode[] => [...nodes.values()].filter((n) => n.node !== undefined);
@@ -324,6 +456,7 @@ export function runRaftSim(seed: number, opts: Partial<SimOptions> = {}): SimRes
 
   const faults = (): void => {
     if (chance(pPartition)) {
+      const ids = [...nodes.keys()];
       blocked.clear();
       const kind = rng.intn(3);
       if (kind === 0) {
@@ -363,6 +496,9 @@ export function runRaftSim(seed: number, opts: Partial<SimOptions> = {}): SimRes
     now++;
     if (lossy) faults();
     if (chance(pPropose)) propose();
+    if (chance(pRead)) readIndex();
+    if (lossy && chance(pConf)) reconfigure();
+    if (lossy && chance(pTransfer)) transfer();
     // Deliver due messages in random order (reordering within a time unit).
     const due: Message[] = [];
     for (let i = net.length - 1; i >= 0; i--) {
@@ -390,6 +526,7 @@ export function runRaftSim(seed: number, opts: Partial<SimOptions> = {}): SimRes
       if (sn.node !== undefined && (now + sn.phase) % o.tickEvery === 0) sn.node.tick();
       if (sn.node !== undefined) drain(sn, lossy);
     }
+    serveReads();
     checkStep();
   };
 
@@ -407,6 +544,9 @@ export function runRaftSim(seed: number, opts: Partial<SimOptions> = {}): SimRes
       crashes,
       delivered,
       snapshotsSent,
+      readsChecked,
+      confChanges,
+      transfers,
     };
     if (error !== undefined) res.error = error;
     return res;
@@ -427,7 +567,7 @@ export function runRaftSim(seed: number, opts: Partial<SimOptions> = {}): SimRes
     for (let i = 0; i < o.healSteps && !done; i++) {
       step(false);
       if (i % 10 !== 0) continue;
-      done = [...nodes.values()].every((sn) => {
+      done = members().every((sn) => {
         const have = new Set(sn.values);
         for (const v of acked) if (!have.has(v)) return false;
         return true;
@@ -442,7 +582,7 @@ export function runRaftSim(seed: number, opts: Partial<SimOptions> = {}): SimRes
     }
     if (!done) {
       const missing: string[] = [];
-      for (const sn of nodes.values()) {
+      for (const sn of members()) {
         const have = new Set(sn.values);
         const lost = [...acked].filter((v) => !have.has(v));
         if (lost.length > 0)
