@@ -458,4 +458,15 @@ t.test('real serf traffic decodes (Go msgpack, Go LZW, Go AES-GCM)', async (t) =
     ue.messages.map((m) => m.type),
     [MessageType.ackResp, MessageType.alive],
   );
+
+  // What serf itself sent (sorted keys, str16 payload, fixstr vsn, 0.5.5 ints) is what we send:
+  // its whole compressed push/pull stream and its UDP messages come out byte for byte.
+  t.equal(hex(sealStream(encodePushPull(pp.value), { compress: true })), SERF_STREAM_PLAIN);
+  for (const part of SERF_UDP_PARTS) {
+    t.equal(
+      hex(encodeMessage(decodeMessage(unhex(part)))),
+      part,
+      'serf message re-encodes byte-exactly',
+    );
+  }
 });
