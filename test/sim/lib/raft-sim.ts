@@ -225,7 +225,7 @@ export function runRaftSim(seed: number, opts: Partial<SimOptions> = {}): SimRes
       const cc = decodeConfChange(e.data);
       const cs = sn.node!.applyConfChange(cc);
       log(
-        `n${sn.id} applied ${ConfChangeType[cc.type]} ${cc.nodeId} at ${e.index}: voters ${cs.voters} learners ${cs.learners}`,
+        `n${sn.id} applied ${ConfChangeType[cc.type]} ${cc.nodeId} at ${e.index}: voters ${cs.voters.join(',')} learners ${cs.learners.join(',')}`,
       );
       return;
     }
