@@ -104,6 +104,12 @@ export function lzwCompress(input: Uint8Array): Uint8Array {
   return w.finish();
 }
 
+const TABLES = {
+  prefix: new Uint16Array(1 << MAX_WIDTH),
+  suffix: new Uint8Array(1 << MAX_WIDTH),
+  scratch: new Uint8Array(1 << MAX_WIDTH),
+};
+
 /** Default cap on decompressed size: memberlist's maxDecompressedBytes (2 × 20 MiB). */
 export const LZW_DEFAULT_MAX_OUTPUT = 2 * 20 * 1024 * 1024;
 
@@ -113,9 +119,9 @@ export const LZW_DEFAULT_MAX_OUTPUT = 2 * 20 * 1024 * 1024;
  * the cap also bounds time.
  */
 export function lzwDecompress(input: Uint8Array, maxOutput = LZW_DEFAULT_MAX_OUTPUT): Uint8Array {
-  const prefix = new Uint16Array(1 << MAX_WIDTH);
-  const suffix = new Uint8Array(1 << MAX_WIDTH);
-  const scratch = new Uint8Array(1 << MAX_WIDTH);
+  // Shared tables: decoding is synchronous and never re-entered. Stale entries from a previous
+  // call are harmless: codes are only read once assigned in this stream (code <= hi).
+  const { prefix, suffix, scratch } = TABLES;
   let out = new Uint8Array(Math.min(maxOutput, Math.max(64, input.length * 4)));
   let o = 0;
   const INVALID = 0xffff;
