@@ -32,6 +32,9 @@ if (replay !== undefined) {
       let crashes = 0;
       let leaders = 0;
       let snaps = 0;
+      let reads = 0;
+      let confs = 0;
+      let transfers = 0;
       let failures = 0;
       for (let i = 0; i < Math.ceil(seeds / 2); i++) {
         const seed = i * 2 + (nodes === 3 ? 0 : 1);
@@ -41,6 +44,9 @@ if (replay !== undefined) {
         crashes += r.crashes;
         leaders += r.leaders;
         snaps += r.snapshotsSent;
+        reads += r.readsChecked;
+        confs += r.confChanges;
+        transfers += r.transfers;
         if (!r.ok) {
           failures++;
           t.fail(report(r));
@@ -54,9 +60,11 @@ if (replay !== undefined) {
         crashes > 0 && snaps > 0,
         `faults exercised: ${crashes} crashes, ${snaps} snapshots sent`,
       );
+      t.ok(reads > 0 && confs > 0 && transfers > 0, 'reads, membership changes and transfers ran');
       t.comment(
         `${nodes} nodes: ${Math.ceil(seeds / 2)} seeds, ${steps} steps, ${acked} acked, ` +
-          `${leaders} terms with a leader, ${crashes} crashes, ${snaps} snapshots, ${ms.toFixed(0)} ms`,
+          `${leaders} terms with a leader, ${crashes} crashes, ${snaps} snapshots, ` +
+          `${reads} reads checked, ${confs} conf changes, ${transfers} transfers, ${ms.toFixed(0)} ms`,
       );
       t.end();
     });
