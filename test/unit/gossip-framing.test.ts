@@ -35,7 +35,7 @@ import {
   SERF_UDP_ENCRYPTED,
   SERF_UDP_PARTS,
   SERF_UDP_PLAIN,
-} from './gossip-serf-captures.js';
+} from '../lib/gossip-serf-captures.js';
 
 const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex');
 const unhex = (s: string): Uint8Array => new Uint8Array(Buffer.from(s, 'hex'));

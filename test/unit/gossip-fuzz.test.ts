@@ -41,7 +41,7 @@ import {
   SERF_UDP_ENCRYPTED,
   SERF_UDP_PARTS,
   SERF_UDP_PLAIN,
-} from './gossip-serf-captures.js';
+} from '../lib/gossip-serf-captures.js';
 
 const INPUTS = Number(process.env.MESH_FUZZ_INPUTS ?? 1_000_000);
 const SEED = Number(process.env.MESH_FUZZ_SEED ?? 0x5eed);

@@ -6,7 +6,7 @@ import { lzwCompress, lzwDecompress } from '../../src/gossip/lzw.js';
 import { WireError } from '../../src/gossip/msgpack.js';
 import { decompressBody } from '../../src/gossip/packet.js';
 import { codecs } from '../../src/gossip/wire.js';
-import { SERF_STREAM_PLAIN, SERF_UDP_PLAIN } from './gossip-serf-captures.js';
+import { SERF_STREAM_PLAIN, SERF_UDP_PLAIN } from '../lib/gossip-serf-captures.js';
 
 const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex');
 const unhex = (s: string): Uint8Array => new Uint8Array(Buffer.from(s, 'hex'));
