@@ -349,7 +349,10 @@ t.test('a receive queue overrun is reported, not silently lost', async (t) => {
   t.equal(e.errnoName, 'ENOBUFS');
   t.match(e.message, /answers were lost; retry with a smaller batch/);
   // The default socket handles the same batch.
-  t.same(host.rt.batch(items).filter((r) => r !== null), []);
+  t.same(
+    host.rt.batch(items).filter((r) => r !== null),
+    [],
+  );
 });
 
 t.test('generic netlink family lookup', async (t) => {

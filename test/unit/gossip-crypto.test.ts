@@ -16,7 +16,11 @@ import {
 import { Keyring, keyId } from '../../src/gossip/keyring.js';
 import { WireError } from '../../src/gossip/msgpack.js';
 import { MeshError } from '../../src/util/errors.js';
-import { SERF_KEY, SERF_STREAM_ENCRYPTED, SERF_UDP_ENCRYPTED } from '../lib/gossip-serf-captures.js';
+import {
+  SERF_KEY,
+  SERF_STREAM_ENCRYPTED,
+  SERF_UDP_ENCRYPTED,
+} from '../lib/gossip-serf-captures.js';
 
 const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex');
 const unhex = (s: string): Uint8Array => new Uint8Array(Buffer.from(s, 'hex'));
