@@ -9,7 +9,7 @@
  * Flags: --no-vm (skip the VM suite, e.g. while iterating), --only unit|sim|netns|vm.
  */
 import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
@@ -48,12 +48,20 @@ function tapCounts(out: string): Counts | undefined {
 const total: Counts = { pass: 0, fail: 0, skip: 0 };
 let failed = false;
 
-const dirs = ['unit', 'sim', 'netns']
+/** Compiled test files (`*.test.js`) under a directory; helpers beside them are not tests. */
+function testFiles(dir: string): string[] {
+  if (!existsSync(`${root}${dir}`)) return [];
+  return readdirSync(`${root}${dir}`, { recursive: true, encoding: 'utf8' })
+    .filter((f) => f.endsWith('.test.js'))
+    .map((f) => `${dir}/${f}`)
+    .sort();
+}
+
+const files = ['unit', 'sim', 'netns']
   .filter((d) => only === undefined || only === d)
-  .map((d) => `dist/test/${d}`)
-  .filter((d) => existsSync(`${root}${d}`));
-if (dirs.length > 0) {
-  const r = await run(`${root}node_modules/.bin/tap`, dirs);
+  .flatMap((d) => testFiles(`dist/test/${d}`));
+if (files.length > 0) {
+  const r = await run(`${root}node_modules/.bin/tap`, files);
   const c = tapCounts(r.out);
   if (c) {
     total.pass += c.pass;
