@@ -245,7 +245,8 @@ export class Raft {
   // ---- sending -----------------------------------------------------------------------------
 
   private send(m: Message): void {
-    m.from = this.id;
+    // Forwarded requests keep their origin (a TransferLeader's `from` is the transferee).
+    if (m.from === NONE) m.from = this.id;
     if (
       m.type === MessageType.Vote ||
       m.type === MessageType.VoteResp ||
@@ -784,7 +785,9 @@ export class Raft {
     const { index, term, confState } = s.metadata;
     if (index <= this.log.committed) return false;
     invariant(this.role === StateRole.Follower, 'snapshot restored outside follower state');
-    if (!confState.voters.includes(this.id) && !confState.learners.includes(this.id)) return false;
+    // A snapshot taken before this node was added does not list it; accept it anyway: the
+    // entries after it carry the change that adds us (refusing it would starve a new member
+    // whose leader has not snapshotted since the change).
     if (this.log.matchTerm(index, term)) {
       // We already hold the snapshot's last entry: the log matches up to it, just commit.
       this.log.commitTo(index);

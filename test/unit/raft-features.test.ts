@@ -402,6 +402,16 @@ t.test(
   },
 );
 
+t.test('leadership transfer requested at a follower is forwarded to the leader', (t) => {
+  const net = new RaftNet([1, 2, 3]);
+  net.campaign(1);
+  net.propose(1, 'a');
+  net.node(2).rn.transferLeader(3);
+  net.drain();
+  t.equal(net.raft(3).role, StateRole.Leader, 'the named node leads, not the forwarder');
+  t.end();
+});
+
 t.test('leadership transfer is abandoned after an election timeout', (t) => {
   const net = new RaftNet([1, 2, 3], { electionTick: 10 });
   net.campaign(1);
