@@ -153,6 +153,9 @@ export class RawNode {
     if (isLocalMessage(m.type)) {
       throw new StepRejectedError(`local message ${MessageType[m.type]} from the network`);
     }
+    // Removed ids never come back; a removed node that missed its removal must not disrupt
+    // the cluster with elections at ever higher terms.
+    if (this.raft.prs.removed.has(m.from)) return;
     const isResponse =
       m.type === MessageType.AppResp ||
       m.type === MessageType.VoteResp ||

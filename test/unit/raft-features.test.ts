@@ -340,6 +340,10 @@ t.test('membership: learner added, caught up, promoted; node removed; ids not re
   );
   net.propose(1, 'b');
   t.same(net.values(4), ['a', 'b']);
+  // The removed node never applied its removal here (it is cut off); its elections are ignored.
+  const term = net.raft(1).term;
+  net.node(1).rn.step(msg({ type: MessageType.Vote, from: 3, to: 1, term: term + 5 }));
+  t.equal(net.raft(1).term, term, 'vote request from a removed id ignored');
   t.end();
 });
 
