@@ -77,7 +77,10 @@ function voteRespType(t: MessageType): MessageType {
 }
 
 function bytesKey(b: Uint8Array | undefined): string {
-  return b === undefined ? '' : Buffer.from(b).toString('hex');
+  if (b === undefined) return '';
+  let s = '';
+  for (const x of b) s += (x < 16 ? '0' : '') + x.toString(16);
+  return s;
 }
 
 interface ReadIndexStatus {
