@@ -1,17 +1,19 @@
 // Seeded raft simulation: thousands of runs with drops, duplicates, reordering, partitions
 // (one-way too) and crashes that lose unpersisted state; safety checked after every step,
 // every acknowledged value on every node after healing. RAFT_SIM_SEEDS=N sets the run count;
-// RAFT_SIM_SEED=S replays one seed with a full trace.
+// RAFT_SIM_STEPS=N sets the chaos length; RAFT_SIM_SEED=S replays one seed with a full trace.
 import t from 'tap';
 import { runRaftSim, type SimResult } from './lib/raft-sim.js';
 
 const replay = process.env.RAFT_SIM_SEED;
 const seeds = Number(process.env.RAFT_SIM_SEEDS ?? 2000);
+// Longer histories per seed for the long profile (default 600 time units of chaos).
+const chaosSteps = Number(process.env.RAFT_SIM_STEPS ?? 600);
 
 function report(r: SimResult): string {
   return [
     `seed ${r.seed} failed: ${r.error}`,
-    `replay: RAFT_SIM_SEED=${r.seed} npx tap dist/test/sim/raft-sim.test.js`,
+    `replay: RAFT_SIM_SEED=${r.seed} RAFT_SIM_STEPS=${chaosSteps} npx tap dist/test/sim/raft-sim.test.js`,
     'last events:',
     ...r.trace.slice(-40),
   ].join('\n');
@@ -20,7 +22,7 @@ function report(r: SimResult): string {
 if (replay !== undefined) {
   const seed = Number(replay);
   const nodes = seed % 2 === 0 ? 3 : 5;
-  const r = runRaftSim(seed, { nodes, verbose: true });
+  const r = runRaftSim(seed, { nodes, chaosSteps, verbose: true });
   t.ok(r.ok, r.ok ? `seed ${seed} ok` : report(r));
   if (!r.ok) console.log(r.trace.join('\n'));
 } else {
@@ -38,7 +40,7 @@ if (replay !== undefined) {
       let failures = 0;
       for (let i = 0; i < Math.ceil(seeds / 2); i++) {
         const seed = i * 2 + (nodes === 3 ? 0 : 1);
-        const r = runRaftSim(seed, { nodes });
+        const r = runRaftSim(seed, { nodes, chaosSteps });
         steps += r.steps;
         acked += r.acked;
         crashes += r.crashes;
