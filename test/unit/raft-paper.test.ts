@@ -426,3 +426,61 @@ t.test('§5.4.3 leader completeness: a node missing committed entries cannot win
   for (const id of [1, 2, 3]) t.same(net.values(id), ['a', 'b', 'c'], `n${id}`);
   t.end();
 });
+
+t.test(
+  '§5.1 restart: term, vote and log come back from storage; commit from the hard state',
+  (t) => {
+    const { rn, storage } = newNode(1, [1, 2, 3]);
+    rn.step(msg({ type: MessageType.Vote, from: 2, to: 1, term: 3, index: 0, logTerm: 0 }));
+    flush(rn, storage);
+    rn.step(
+      msg({
+        type: MessageType.App,
+        from: 2,
+        to: 1,
+        term: 3,
+        index: 0,
+        logTerm: 0,
+        commit: 1,
+        entries: [
+          { term: 3, index: 1, type: EntryType.Normal, data: enc.encode('a') },
+          { term: 3, index: 2, type: EntryType.Normal, data: enc.encode('b') },
+        ],
+      }),
+    );
+    flush(rn, storage);
+    const again = newNode(1, [1, 2, 3], {}, storage).rn;
+    t.equal(again.raft.term, 3);
+    t.equal(again.raft.vote, 2, 'vote survives: no second vote in term 3');
+    t.equal(again.raft.log.lastIndex(), 2);
+    t.equal(again.raft.log.committed, 1);
+    again.step(msg({ type: MessageType.Vote, from: 3, to: 1, term: 3, index: 9, logTerm: 3 }));
+    const r = again.ready().persistedMessages.find((m) => m.type === MessageType.VoteResp);
+    t.equal(r?.reject, true, 'refuses another candidate in the same term');
+    t.end();
+  },
+);
+
+t.test('a node with a committed, unapplied conf change does not campaign', (t) => {
+  const s = MemoryStorage.bootstrap([1, 2, 3]);
+  s.append([
+    {
+      term: 1,
+      index: 1,
+      type: EntryType.ConfChange,
+      data: new Uint8Array([1, 0, 0, 0, 4]),
+    },
+  ]);
+  s.setHardState({ term: 1, vote: 0, commit: 1 });
+  const { rn } = newNode(1, [1, 2, 3], {}, s);
+  rn.campaign();
+  t.equal(rn.raft.role, StateRole.Follower, 'waits until the change is applied');
+  const rd = rn.ready();
+  t.equal(rd.committedEntries.length, 1);
+  rn.applyConfChange({ type: 1, nodeId: 4 });
+  s.setHardState(rd.hardState ?? { term: 1, vote: 0, commit: 1 });
+  rn.advance(rd);
+  rn.campaign();
+  t.equal(rn.raft.role, StateRole.Candidate, 'campaigns once applied');
+  t.end();
+});
