@@ -573,7 +573,12 @@ export class Raft {
         const oldPaused = pr.isPaused();
         if (pr.maybeUpdate(m.index) || (pr.match === m.index && pr.state === ProgressState.Probe)) {
           if (pr.state === ProgressState.Probe) pr.becomeReplicate();
-          else if (pr.state === ProgressState.Snapshot && pr.match >= pr.pendingSnapshot)
+          else if (
+            pr.state === ProgressState.Snapshot &&
+            (pr.match >= pr.pendingSnapshot || pr.match + 1 >= this.log.firstIndex())
+          )
+            // Caught up by the snapshot, or (e.g. it already had the entries) reachable again
+            // from the log: no need to wait for the transport's report.
             pr.becomeProbe();
           else if (pr.state === ProgressState.Replicate) pr.inflights.freeLE(m.index);
           if (this.maybeCommit()) this.bcastAppend();
