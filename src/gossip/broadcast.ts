@@ -16,16 +16,22 @@ export function retransmitLimit(retransmitMult: number, n: number): number {
 export interface Broadcast<T> {
   /** Invalidation key: a newer broadcast with the same name replaces this one. */
   name: string | null;
-  /** Encoded bytes as they go on the wire (length decides packing). */
-  bytes: Uint8Array;
-  /** Anything the owner wants back with the bytes (the decoded message). */
+  /** The message; encoded by the queue's `encode` only when first offered for sending. */
   value: T;
   /** Called once when the broadcast leaves the queue: `true` if fully sent, `false` if replaced. */
   finished?: (sent: boolean) => void;
 }
 
+/** A broadcast taken for sending: the message and its wire bytes. */
+export interface Taken<T> {
+  value: T;
+  bytes: Uint8Array;
+}
+
 interface Item<T> {
   b: Broadcast<T>;
+  /** Wire bytes, encoded lazily: broadcasts replaced or reset before sending cost nothing. */
+  bytes: Uint8Array | null;
   transmits: number;
   id: number;
 }
@@ -39,10 +45,12 @@ export class TransmitLimitedQueue<T> {
   /**
    * @param retransmitMult see SwimConfig.retransmitMult
    * @param numNodes current member count estimate (read at each getBroadcasts)
+   * @param encode the wire bytes of a message (their length decides packing)
    */
   constructor(
     private readonly retransmitMult: number,
     private readonly numNodes: () => number,
+    private readonly encode: (value: T) => Uint8Array,
   ) {}
 
   get length(): number {
@@ -58,7 +66,7 @@ export class TransmitLimitedQueue<T> {
         old.b.finished?.(false);
       }
     }
-    const it: Item<T> = { b, transmits: 0, id: this.nextId++ };
+    const it: Item<T> = { b, bytes: null, transmits: 0, id: this.nextId++ };
     if (b.name !== null) this.byName.set(b.name, it);
     this.items.push(it);
     this.sorted = false;
@@ -68,24 +76,24 @@ export class TransmitLimitedQueue<T> {
    * Takes broadcasts whose bytes plus `overhead` each fit in `limit` bytes in total, counting a
    * transmission for each; those that reach the limit leave the queue.
    */
-  getBroadcasts(overhead: number, limit: number): Broadcast<T>[] {
+  getBroadcasts(overhead: number, limit: number): Taken<T>[] {
     if (this.items.length === 0) return [];
     if (!this.sorted) {
-      this.items.sort(
-        (a, b) => a.transmits - b.transmits || b.b.bytes.length - a.b.bytes.length || b.id - a.id,
-      );
+      for (const it of this.items) it.bytes ??= this.encode(it.b.value);
+      this.items.sort(byPriority);
       this.sorted = true;
     }
     const max = retransmitLimit(this.retransmitMult, this.numNodes());
-    const out: Broadcast<T>[] = [];
+    const out: Taken<T>[] = [];
     let used = 0;
     let removed = false;
     for (const it of this.items) {
       const free = limit - used - overhead;
       if (free <= 0) break;
-      if (it.b.bytes.length > free) continue;
-      used += overhead + it.b.bytes.length;
-      out.push(it.b);
+      const bytes = it.bytes as Uint8Array;
+      if (bytes.length > free) continue;
+      used += overhead + bytes.length;
+      out.push({ value: it.b.value, bytes });
       it.transmits++;
       this.sorted = false;
       if (it.transmits >= max) {
@@ -114,10 +122,20 @@ export class TransmitLimitedQueue<T> {
 
   /** Queued broadcasts and their transmit counts, least-sent first (for tests and debugging). */
   snapshot(): { name: string | null; transmits: number; bytes: number }[] {
-    return [...this.items]
-      .sort(
-        (a, b) => a.transmits - b.transmits || b.b.bytes.length - a.b.bytes.length || b.id - a.id,
-      )
-      .map((it) => ({ name: it.b.name, transmits: it.transmits, bytes: it.b.bytes.length }));
+    for (const it of this.items) it.bytes ??= this.encode(it.b.value);
+    return [...this.items].sort(byPriority).map((it) => ({
+      name: it.b.name,
+      transmits: it.transmits,
+      bytes: (it.bytes as Uint8Array).length,
+    }));
   }
+}
+
+/** Least-sent first, then larger (to fill the packet), then newer (memberlist Less). */
+function byPriority<T>(a: Item<T>, b: Item<T>): number {
+  return (
+    a.transmits - b.transmits ||
+    (b.bytes as Uint8Array).length - (a.bytes as Uint8Array).length ||
+    b.id - a.id
+  );
 }

@@ -17,7 +17,7 @@
 
 import { MeshError } from '../util/errors.js';
 import { Awareness } from './awareness.js';
-import { TransmitLimitedQueue, type Broadcast } from './broadcast.js';
+import { TransmitLimitedQueue, type Broadcast, type Taken } from './broadcast.js';
 import { MAX_COMPOUND_PARTS } from './compound.js';
 import { validateConfig, type SwimConfig } from './config.js';
 import { Suspicion, suspicionTimeout } from './suspicion.js';
@@ -307,8 +307,9 @@ export class Swim {
     formatAddress(o.addr, o.port);
     this.packetOverhead = o.packetOverhead ?? 0;
     this.awareness = new Awareness(this.cfg.awarenessMaxMultiplier);
-    this.queue = new TransmitLimitedQueue(this.cfg.retransmitMult, () => this.nodes.length);
-    this.userQueue = new TransmitLimitedQueue(this.cfg.retransmitMult, () => this.nodes.length);
+    const numNodes = (): number => this.nodes.length;
+    this.queue = new TransmitLimitedQueue(this.cfg.retransmitMult, numNodes, encodeMessage);
+    this.userQueue = new TransmitLimitedQueue(this.cfg.retransmitMult, numNodes, encodeMessage);
     // memberlist staggers each ticker by a random fraction of its interval.
     this.nextProbe = o.now + this.rand.intn(this.cfg.probeInterval);
     this.nextGossip = o.now + this.rand.intn(this.cfg.gossipInterval);
@@ -385,6 +386,15 @@ export class Swim {
   // ---- commands ----
 
   /**
+   * Drops every queued broadcast (memberlist TransmitLimitedQueue.Reset). The simulator uses it
+   * to start from an already converged cluster without replaying N² join broadcasts.
+   */
+  resetBroadcasts(): void {
+    this.queue.reset();
+    this.userQueue.reset();
+  }
+
+  /**
    * Joins through `seeds` (addresses): a push/pull with each, `join` flag set. Ends with a
    * `joinDone` event; a join that reached no seed should be retried by the driver.
    */
@@ -448,7 +458,7 @@ export class Swim {
    */
   broadcastUser(payload: Uint8Array, name: string | null = null): void {
     const msg: PacketMessage = { type: MessageType.user, body: payload };
-    this.userQueue.queue({ name, bytes: encodeMessage(msg), value: msg });
+    this.userQueue.queue({ name, value: msg });
   }
 
   /** Sends a user message to one member, best effort over UDP (memberlist SendBestEffort). */
@@ -1045,12 +1055,12 @@ export class Swim {
   // ---- dissemination (SWIM §4.1) ----
 
   private broadcast(name: string, msg: PacketMessage, finished?: (sent: boolean) => void): void {
-    const b: Broadcast<PacketMessage> = { name, bytes: encodeMessage(msg), value: msg };
+    const b: Broadcast<PacketMessage> = { name, value: msg };
     if (finished) b.finished = finished;
     this.queue.queue(b);
   }
 
-  private getBroadcasts(overhead: number, limit: number): Broadcast<PacketMessage>[] {
+  private getBroadcasts(overhead: number, limit: number): Taken<PacketMessage>[] {
     const out = this.queue.getBroadcasts(overhead, limit);
     if (this.userQueue.length === 0) return out;
     let used = 0;
