@@ -8,6 +8,7 @@ export { decodeConfChange, encodeConfChange, nextConfState } from './confchange.
 export * from './errors.js';
 export { ProgressState } from './progress.js';
 export { SeededRandom, type RaftRandom } from './random.js';
+export { SessionTable, type SessionEntry } from './sessions.js';
 export { RawNode, type ProgressStatus, type Status } from './rawnode.js';
 export { MemoryStorage, type InitialState, type Storage } from './storage.js';
 export * from './types.js';

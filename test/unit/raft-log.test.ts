@@ -12,6 +12,7 @@ import {
 import { RaftLog } from '../../src/raft/log.js';
 import { Inflights, Progress, ProgressState, ProgressTracker } from '../../src/raft/progress.js';
 import { SeededRandom } from '../../src/raft/random.js';
+import { SessionTable } from '../../src/raft/sessions.js';
 
 const ent = (index: number, term: number, size = 0): Entry => ({
   index,
@@ -180,5 +181,24 @@ t.test('SeededRandom is deterministic per seed', (t) => {
     Array.from({ length: 10 }, () => b.intn(1000)),
   );
   t.ok(xs.every((x) => x >= 0 && x < 1000));
+  t.end();
+});
+
+t.test('SessionTable admits each (client, seq) once and survives a snapshot', (t) => {
+  const s = new SessionTable();
+  t.ok(s.admit('a', 1));
+  t.notOk(s.admit('a', 1), 'retry of the same request');
+  t.ok(s.admit('b', 1), 'other client');
+  t.ok(s.admit('a', 2));
+  s.setResult('a', 'ok');
+  t.notOk(s.admit('a', 1), 'stale retry');
+  const back = SessionTable.fromJSON(
+    JSON.parse(JSON.stringify(s.toJSON())) as ReturnType<SessionTable['toJSON']>,
+  );
+  t.notOk(back.admit('a', 2));
+  t.equal(back.lastApplied('a')?.result, 'ok');
+  t.ok(back.admit('a', 3));
+  back.expire('b');
+  t.equal(back.size, 1);
   t.end();
 });

@@ -26,6 +26,7 @@ import {
   type Message,
   type Ready,
 } from '../../../src/raft/index.js';
+import { SessionTable } from '../../../src/raft/sessions.js';
 
 export interface SimOptions {
   nodes: number;
@@ -81,7 +82,7 @@ interface SimNode {
   node: RawNode | undefined;
   /** Volatile state machine (rebuilt from snapshot + log on restart). */
   values: string[];
-  lastSeq: Map<number, number>;
+  sessions: SessionTable;
   applied: number;
   phase: number;
 }
@@ -163,7 +164,7 @@ export function runRaftSim(seed: number, opts: Partial<SimOptions> = {}): SimRes
   const makeNode = (sn: SimNode): RawNode => {
     const snap = sn.storage.snapshot();
     sn.values = [];
-    sn.lastSeq = new Map();
+    sn.sessions = new SessionTable();
     sn.applied = snap.metadata.index;
     if (snap.data.length > 0) restoreSm(sn, snap.data);
     const cfg = raftConfig(sn.id, {
@@ -178,13 +179,16 @@ export function runRaftSim(seed: number, opts: Partial<SimOptions> = {}): SimRes
   };
 
   const restoreSm = (sn: SimNode, data: Uint8Array): void => {
-    const st = JSON.parse(dec.decode(data)) as { values: string[]; lastSeq: [number, number][] };
+    const st = JSON.parse(dec.decode(data)) as {
+      values: string[];
+      sessions: Parameters<typeof SessionTable.fromJSON>[0];
+    };
     sn.values = [...st.values];
-    sn.lastSeq = new Map(st.lastSeq);
+    sn.sessions = SessionTable.fromJSON(st.sessions);
   };
 
   const smData = (sn: SimNode): Uint8Array =>
-    enc.encode(JSON.stringify({ values: sn.values, lastSeq: [...sn.lastSeq] }));
+    enc.encode(JSON.stringify({ values: sn.values, sessions: sn.sessions.toJSON() }));
 
   for (const id of ids) {
     const sn: SimNode = {
@@ -192,7 +196,7 @@ export function runRaftSim(seed: number, opts: Partial<SimOptions> = {}): SimRes
       storage: MemoryStorage.bootstrap(ids),
       node: undefined,
       values: [],
-      lastSeq: new Map(),
+      sessions: new SessionTable(),
       applied: 0,
       phase: rng.intn(o.tickEvery),
     };
@@ -232,10 +236,7 @@ export function runRaftSim(seed: number, opts: Partial<SimOptions> = {}): SimRes
     if (e.data.length === 0) return;
     const v = dec.decode(e.data);
     const [c, s] = v.split(':').map(Number) as [number, number];
-    if (s > (sn.lastSeq.get(c) ?? 0)) {
-      sn.values.push(v);
-      sn.lastSeq.set(c, s);
-    }
+    if (sn.sessions.admit(String(c), s)) sn.values.push(v);
     if (sn.node?.raft.role === StateRole.Leader && !acked.has(v)) {
       acked.add(v);
       log(`ack ${v} by leader n${sn.id} at ${e.index}`);
@@ -365,7 +366,7 @@ export function runRaftSim(seed: number, opts: Partial<SimOptions> = {}): SimRes
       storage: MemoryStorage.bootstrap(ids),
       node: undefined,
       values: [],
-      lastSeq: new Map(),
+      sessions: new SessionTable(),
       applied: 0,
       phase: rng.intn(o.tickEvery),
     };
