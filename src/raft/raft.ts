@@ -454,7 +454,9 @@ export class Raft {
             this.electionElapsed = 0;
             this.vote = m.from;
           }
-        } else {
+        } else if (this.term > 0) {
+          // A node still at term 0 (a new member that has heard from nobody) has no term to
+          // reject with; the candidate's election simply times out.
           this.send(msg({ type: voteRespType(m.type), to: m.from, term: this.term, reject: true }));
         }
         return;
