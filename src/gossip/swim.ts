@@ -15,7 +15,7 @@
  * and util/errors. No node:* modules, no Date.now, setTimeout or Math.random.
  */
 
-import { MeshError } from '../util/errors.js';
+import { UsageError } from '../util/errors.js';
 import { Awareness } from './awareness.js';
 import { TransmitLimitedQueue, type Broadcast, type Taken } from './broadcast.js';
 import { MAX_COMPOUND_PARTS } from './compound.js';
@@ -186,7 +186,7 @@ export function formatAddress(addr: Uint8Array, port: number): Address {
       g.push((((addr[i] as number) << 8) | (addr[i + 1] as number)).toString(16));
     return `[${g.join(':')}]:${port}`;
   }
-  throw new MeshError('EGOSSIP', `format address: ${addr.length}-byte address, want 4 or 16 bytes`);
+  throw new UsageError(`format address: ${addr.length}-byte address, want 4 or 16 bytes`);
 }
 
 /** memberlist pushPullScale: the anti-entropy interval grows with log2(N) above 32 members. */
@@ -303,7 +303,7 @@ export class Swim {
     this.port = o.port;
     this.vsn = Uint8Array.from(o.vsn ?? OUR_VSN);
     const vp = vsnProblem(this.vsn);
-    if (vp !== null) throw new MeshError('EGOSSIP', `create gossip core: version array ${vp}`);
+    if (vp !== null) throw new UsageError(`create gossip core: version array ${vp}`);
     formatAddress(o.addr, o.port);
     this.packetOverhead = o.packetOverhead ?? 0;
     this.awareness = new Awareness(this.cfg.awarenessMaxMultiplier);

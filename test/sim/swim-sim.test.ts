@@ -5,6 +5,7 @@
 // N = 10, 100, 1000 × loss 0/5/10 % (LAN preset, simulated time). SWIM_SIM_SEED=S replays one
 // N=10 seed.
 import t, { type Test } from 'tap';
+import { LAN_CONFIG } from '../../src/gossip/config.js';
 import { NodeState } from '../../src/gossip/wire.js';
 import { runScenario, SwimSim, type ScenarioResult } from './lib/swim-sim.js';
 
@@ -69,6 +70,25 @@ if (replay !== undefined) {
           `(simulated), ${sus} suspicions of live nodes refuted, ${selfHealed}/12 partitions healed ` +
           `without a rejoin, ${(performance.now() - start).toFixed(0)} ms wall`,
       );
+      t.end();
+    },
+  );
+
+  t.test(
+    'N=10, UDP only (no TCP fallback), 10 % loss: suspicions are refuted, none turns fatal',
+    (t) => {
+      let sus = 0;
+      for (let seed = 1; seed <= 12; seed++) {
+        const r = runScenario({
+          seed,
+          n: 10,
+          loss: 0.1,
+          config: { ...LAN_CONFIG, tcpPings: false },
+        });
+        checkRun(t, r, { scratch: false, partition: false });
+        sus += r.suspicionsOfLive;
+      }
+      t.ok(sus > 0, `${sus} suspicions of live nodes raised and refuted`);
       t.end();
     },
   );
@@ -173,17 +193,24 @@ if (replay !== undefined) {
 
     t.test('convergence table (LAN preset, simulated ms)', (t) => {
       const rows: string[] = [
-        '| N | loss | join reaches all (ms) | crash dead everywhere (ms) | false positives | suspicions of live nodes | runs |',
-        '|---|---|---|---|---|---|---|',
+        '| N | loss | join reaches all (ms) | crash dead everywhere (ms) | false positives | suspicions of live nodes | UDP only: dead everywhere (ms) | UDP only: false positives | UDP only: suspicions | runs |',
+        '|---|---|---|---|---|---|---|---|---|---|',
       ];
       for (const n of [10, 100, 1000]) {
         for (const loss of [0, 0.05, 0.1]) {
           const runs = n === 10 ? 10 : n === 100 ? 4 : 1;
           const rs: ScenarioResult[] = [];
+          const udp: ScenarioResult[] = [];
           for (let i = 0; i < runs; i++) {
-            rs.push(runScenario({ seed: 5000 + n + i, n, loss, sample: n > 100 ? 20 : Infinity }));
+            const o = { seed: 5000 + n + i, n, loss, sample: n > 100 ? 20 : Infinity };
+            rs.push(runScenario(o));
+            udp.push(runScenario({ ...o, config: { ...LAN_CONFIG, tcpPings: false } }));
           }
           for (const r of rs) checkRun(t, r, { scratch: false, partition: false });
+          for (const r of udp) {
+            t.equal(r.violation, null, describe(r));
+            t.not(r.deadMs, null, describe(r));
+          }
           const stat = (xs: number[]) => {
             xs.sort((a, b) => a - b);
             const med = xs[Math.floor(xs.length / 2)]!;
@@ -193,7 +220,10 @@ if (replay !== undefined) {
             `| ${n} | ${loss * 100} % | ${stat(rs.map((r) => r.joinMs ?? NaN))} | ` +
               `${stat(rs.map((r) => r.deadMs ?? NaN))} | ` +
               `${rs.reduce((a, r) => a + r.falsePositives.length, 0)} | ` +
-              `${rs.reduce((a, r) => a + r.suspicionsOfLive, 0)} | ${runs} |`,
+              `${rs.reduce((a, r) => a + r.suspicionsOfLive, 0)} | ` +
+              `${stat(udp.map((r) => r.deadMs ?? NaN))} | ` +
+              `${udp.reduce((a, r) => a + r.falsePositives.length, 0)} | ` +
+              `${udp.reduce((a, r) => a + r.suspicionsOfLive, 0)} | ${runs} |`,
           );
         }
       }

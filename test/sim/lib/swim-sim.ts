@@ -119,8 +119,11 @@ export class SwimSim {
   readonly falsePositives: FalsePositive[] = [];
   /** Live nodes declared dead across a partition (expected while it lasts). */
   partitionDeaths = 0;
-  /** Suspicions raised about live nodes (refuted or not). */
-  suspicionsOfLive = 0;
+  /** Distinct suspicions (node, incarnation) raised about live nodes, refuted or not. */
+  private readonly suspected = new Set<string>();
+  get suspicionsOfLive(): number {
+    return this.suspected.size;
+  }
   packets = 0;
   messages = 0;
   dropped = 0;
@@ -450,7 +453,7 @@ export class SwimSim {
     if (e.type === 'state' && n.up && !n.left) {
       const subject = this.byName.get(e.name);
       if (subject && subject.up && !subject.left && subject !== n) {
-        if (e.to === NodeState.suspect) this.suspicionsOfLive++;
+        if (e.to === NodeState.suspect) this.suspected.add(`${e.name}/${e.incarnation}`);
         if (e.to === NodeState.dead) {
           if (this.partitioned || this.now <= this.partitionGraceUntil) this.partitionDeaths++;
           else this.falsePositives.push({ t: this.now, observer: n.name, subject: e.name });
