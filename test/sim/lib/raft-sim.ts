@@ -147,6 +147,9 @@ export function runRaftSim(seed: number, opts: Partial<SimOptions> = {}): SimRes
   const appliedAt = new Map<number, string>();
   /** index:term → prevTerm|type|data of every persisted entry (log matching, inductively). */
   const persistedAt = new Map<string, string>();
+  /** index → an upper bound of the term in which it was committed: the smallest current term
+   * of any node when applying it (a node learns of a commit from a leader of a term ≤ its own). */
+  const committedBy = new Map<number, number>();
   const acked = new Set<string>();
   /** Outstanding ReadIndex requests: ctx → node, values acknowledged before it was issued. */
   const reads = new Map<string, { node: number; before: string[]; index: number }>();
@@ -225,6 +228,8 @@ export function runRaftSim(seed: number, opts: Partial<SimOptions> = {}): SimRes
     if (prev !== undefined && prev !== key)
       fail(`state machine safety: index ${e.index} applied as ${prev} and ${key} (n${sn.id})`);
     appliedAt.set(e.index, key);
+    const ub = sn.node!.raft.term;
+    if ((committedBy.get(e.index) ?? Infinity) > ub) committedBy.set(e.index, ub);
     if (e.type === EntryType.ConfChange) {
       const cc = decodeConfChange(e.data);
       const cs = sn.node!.applyConfChange(cc);
@@ -247,7 +252,9 @@ export function runRaftSim(seed: number, opts: Partial<SimOptions> = {}): SimRes
     const r = sn.node!.raft;
     const first = r.log.firstIndex();
     for (const [index, key] of appliedAt) {
-      if (index < first) continue;
+      // The property covers entries committed in earlier terms (paper §5.4.3): a leader of a
+      // lower term elected late by a delayed vote need not hold them.
+      if (index < first || (committedBy.get(index) ?? Infinity) >= r.term) continue;
       const t = r.log.maybeTerm(index);
       const want = Number(key.slice(0, key.indexOf('|')));
       if (t !== want)
