@@ -189,6 +189,18 @@ export function formatAddress(addr: Uint8Array, port: number): Address {
   throw new UsageError(`format address: ${addr.length}-byte address, want 4 or 16 bytes`);
 }
 
+/** Splits an {@link Address} into what dgram/net take: host without brackets, and port. */
+export function parseAddress(a: Address): { host: string; port: number } {
+  const i = a.lastIndexOf(':');
+  const port = Number(a.slice(i + 1));
+  let host = a.slice(0, i);
+  if (host.startsWith('[') && host.endsWith(']')) host = host.slice(1, -1);
+  if (i < 1 || !Number.isInteger(port) || port < 0 || port > 65535 || host === '') {
+    throw new UsageError(`parse address ${JSON.stringify(a)}: want host:port or [v6]:port`);
+  }
+  return { host, port };
+}
+
 /** memberlist pushPullScale: the anti-entropy interval grows with log2(N) above 32 members. */
 export function pushPullScale(interval: number, n: number): number {
   if (n <= 32) return interval;

@@ -12,7 +12,7 @@ import {
   type SwimConfig,
 } from '../../src/gossip/config.js';
 import { remainingSuspicionTime, Suspicion, suspicionTimeout } from '../../src/gossip/suspicion.js';
-import { formatAddress, pushPullScale } from '../../src/gossip/swim.js';
+import { formatAddress, parseAddress, pushPullScale } from '../../src/gossip/swim.js';
 
 t.test('suspicion timeout: mult · max(1, log10 N) · interval', (t) => {
   t.equal(suspicionTimeout(4, 0, 1000), 4000, 'N=0 counts as 1');
@@ -182,6 +182,10 @@ t.test('addresses', (t) => {
   v6[15] = 1;
   t.equal(formatAddress(v6, 7946), '[2001:0:0:0:0:0:0:1]:7946');
   t.throws(() => formatAddress(new Uint8Array(5), 1), /5-byte address/);
+  t.same(parseAddress('198.18.0.1:7946'), { host: '198.18.0.1', port: 7946 });
+  t.same(parseAddress('[2001:0:0:0:0:0:0:1]:7946'), { host: '2001:0:0:0:0:0:0:1', port: 7946 });
+  t.throws(() => parseAddress('nohost'), /want host:port/);
+  t.throws(() => parseAddress('1.2.3.4:99999'), /want host:port/);
   t.end();
 });
 
