@@ -247,7 +247,8 @@ interface Relay {
   deadline: number;
 }
 
-type Pending = { kind: 'pushPull'; join: JoinBatch | null } | { kind: 'ping'; seq: number };
+type Pending =
+  { kind: 'pushPull'; to: Address; join: JoinBatch | null } | { kind: 'ping'; seq: number };
 
 interface JoinBatch {
   remaining: number;
@@ -604,7 +605,7 @@ export class Swim {
       return;
     }
     let err = error;
-    if (reply?.type === MessageType.pushPull) this.mergeRemote(null, reply.body, p.join !== null);
+    if (reply?.type === MessageType.pushPull) this.mergeRemote(p.to, reply.body, p.join !== null);
     else if (err === '')
       err = reply?.type === MessageType.err ? reply.body.error : 'no push/pull reply';
     if (err !== '') this.counters.pushPullsFailed++;
@@ -1003,7 +1004,7 @@ export class Swim {
   private startPushPull(to: Address, join: JoinBatch | null): void {
     this.counters.pushPulls++;
     const id = this.nextStreamId();
-    this.pending.set(id, { kind: 'pushPull', join });
+    this.pending.set(id, { kind: 'pushPull', to, join });
     this.out.streams.push({
       id,
       to,
@@ -1033,7 +1034,7 @@ export class Swim {
     return { join, nodes, userState: this.delegate.localState?.(join) ?? EMPTY };
   }
 
-  private mergeRemote(from: Address | null, r: PushPull, join = r.join): void {
+  private mergeRemote(from: Address, r: PushPull, join = r.join): void {
     for (const s of r.nodes) {
       switch (s.state) {
         case NodeState.alive:
@@ -1060,7 +1061,7 @@ export class Swim {
       }
     }
     if (r.userState.length > 0) {
-      this.emit({ type: 'remoteState', from: from ?? '', join, state: r.userState });
+      this.emit({ type: 'remoteState', from, join, state: r.userState });
     }
   }
 

@@ -677,8 +677,8 @@ t.test('rejoin: a restarted node finds itself left and refutes above that incarn
   t.equal(s.state('p2'), NodeState.alive);
   t.ok(s.ofType('joinDone').some((e) => e.contacted === 1));
   t.same(
-    s.ofType('remoteState').map((e) => [...e.state]),
-    [[1, 2]],
+    s.ofType('remoteState').map((e) => [e.from, [...e.state]]),
+    [[keyOf(2), [1, 2]]],
     'user state for MergeRemoteState',
   );
   // A peer holding us dead with a higher incarnation takes a fresh alive from us above it.

@@ -172,29 +172,36 @@ export class SwimSim {
   }
 
   /**
-   * A converged cluster of `count` nodes without replaying the join storm: every core merges a
-   * push/pull listing all members alive, then its broadcast queue is cleared.
+   * A converged cluster of `count` nodes without replaying the join storm: every core takes an
+   * alive message about every member (as gossip would deliver it), and its broadcast queue is
+   * cleared as it goes, so 1000 nodes do not replay a million join broadcasts.
    */
   bootstrap(count: number): void {
     const fresh: SimNode[] = [];
     for (let i = 0; i < count; i++) fresh.push(this.addNode());
-    const all = this.nodes.map((n) => {
+    const alives: PacketMessage[] = this.nodes.map((n) => {
       const m = n.core.member(n.name)!;
       return {
-        name: m.name,
-        addr: m.addr,
-        port: m.port,
-        meta: m.meta,
-        incarnation: m.incarnation,
-        state: NodeState.alive,
-        vsn: m.vsn,
+        type: MessageType.alive,
+        body: {
+          incarnation: m.incarnation,
+          node: m.name,
+          addr: m.addr,
+          port: m.port,
+          meta: m.meta,
+          vsn: m.vsn,
+        },
       };
     });
     for (const n of fresh) {
-      n.core.handleStream(this.now, this.nodes[0]!.addr, {
-        type: MessageType.pushPull,
-        body: { join: false, nodes: all, userState: new Uint8Array(0) },
-      });
+      for (let i = 0; i < alives.length; i++) {
+        n.core.step(this.now, this.nodes[0]!.addr, alives[i]!);
+        // Reset often, so queued broadcasts and events die young (cheap GC).
+        if (i % 64 === 63) {
+          n.core.resetBroadcasts();
+          n.core.ready();
+        }
+      }
       n.core.resetBroadcasts();
       n.core.ready();
       this.flush(n);
