@@ -174,6 +174,8 @@ export interface SwimCounters {
   refutes: number;
   pushPulls: number;
   pushPullsFailed: number;
+  /** Push/pulls whose versions memberlist's verifyProtocol would refuse (not merged). */
+  pushPullsRefused: number;
   userDropped: number;
 }
 
@@ -272,6 +274,7 @@ export class Swim {
     refutes: 0,
     pushPulls: 0,
     pushPullsFailed: 0,
+    pushPullsRefused: 0,
     userDropped: 0,
   };
 
@@ -605,7 +608,8 @@ export class Swim {
       return;
     }
     let err = error;
-    if (reply?.type === MessageType.pushPull) this.mergeRemote(p.to, reply.body, p.join !== null);
+    if (reply?.type === MessageType.pushPull)
+      err = this.mergeRemote(p.to, reply.body, p.join !== null);
     else if (err === '')
       err = reply?.type === MessageType.err ? reply.body.error : 'no push/pull reply';
     if (err !== '') this.counters.pushPullsFailed++;
@@ -1034,7 +1038,53 @@ export class Swim {
     return { join, nodes, userState: this.delegate.localState?.(join) ?? EMPTY };
   }
 
-  private mergeRemote(from: Address, r: PushPull, join = r.join): void {
+  /**
+   * memberlist verifyProtocol: every node, ours and theirs (any state), must speak a current
+   * protocol and delegate version inside the range all alive nodes understand. Returns the
+   * reason the remote state is refused, or null.
+   */
+  private verifyProtocol(remote: readonly PushNodeState[]): string | null {
+    let maxPMin = 0;
+    let minPMax = 255;
+    let maxDMin = 0;
+    let minDMax = 255;
+    const widen = (v: Uint8Array): void => {
+      maxPMin = Math.max(maxPMin, v[0] as number);
+      minPMax = Math.min(minPMax, v[1] as number);
+      maxDMin = Math.max(maxDMin, v[3] as number);
+      minDMax = Math.min(minDMax, v[4] as number);
+    };
+    for (const r of remote) if (r.state === NodeState.alive && r.vsn.length >= 5) widen(r.vsn);
+    for (const n of this.nodes) if (n.state === NodeState.alive) widen(n.vsn);
+    const check = (name: string, v: Uint8Array): string | null => {
+      const pcur = v.length >= 6 ? (v[2] as number) : 0;
+      const dcur = v.length >= 6 ? (v[5] as number) : 0;
+      if (pcur < maxPMin || pcur > minPMax) {
+        return `node ${name} protocol version ${pcur} is outside ${maxPMin}..${minPMax}`;
+      }
+      if (dcur < maxDMin || dcur > minDMax) {
+        return `node ${name} delegate version ${dcur} is outside ${maxDMin}..${minDMax}`;
+      }
+      return null;
+    };
+    for (const r of remote) {
+      const e = check(r.name, r.vsn);
+      if (e !== null) return e;
+    }
+    for (const n of this.nodes) {
+      const e = check(n.name, n.vsn);
+      if (e !== null) return e;
+    }
+    return null;
+  }
+
+  /** Merges a push/pull; returns why it was refused, or '' when merged. */
+  private mergeRemote(from: Address, r: PushPull, join = r.join): string {
+    const bad = this.verifyProtocol(r.nodes);
+    if (bad !== null) {
+      this.counters.pushPullsRefused++;
+      return `merge remote state: ${bad}`;
+    }
     for (const s of r.nodes) {
       switch (s.state) {
         case NodeState.alive:
@@ -1063,6 +1113,7 @@ export class Swim {
     if (r.userState.length > 0) {
       this.emit({ type: 'remoteState', from, join, state: r.userState });
     }
+    return '';
   }
 
   // ---- dissemination (SWIM §4.1) ----

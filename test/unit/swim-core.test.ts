@@ -1002,3 +1002,45 @@ t.test('determinism and shutdown', (t) => {
   t.notOk(s.core.hasReady(), 'silent after shutdown');
   t.end();
 });
+
+t.test('push/pull refused when versions are incompatible (memberlist verifyProtocol)', (t) => {
+  const node = (name: string, i: number, vsn: number[]): PushNodeState => ({
+    name,
+    addr: addrOf(i),
+    port: 7946,
+    meta: new Uint8Array(0),
+    incarnation: 1,
+    state: NodeState.alive,
+    vsn: Uint8Array.from(vsn),
+  });
+  const s = new Solo(1);
+  s.core.join(s.now, [keyOf(9)]);
+  const r = s.core.ready();
+  s.core.streamDone(s.now, r.streams[0]!.id, {
+    type: MessageType.pushPull,
+    body: {
+      join: false,
+      nodes: [node('new', 9, [3, 5, 3, 2, 5, 4])],
+      userState: new Uint8Array(0),
+    },
+  });
+  const done = s.core.ready().events.find((e) => e.type === 'joinDone');
+  t.match(done, { contacted: 0, errors: [/node (me|p2) protocol version 2 is outside 3\.\.5/] });
+  t.equal(s.core.member('new'), undefined, 'nothing merged');
+  s.core.handleStream(s.now, keyOf(9), {
+    type: MessageType.pushPull,
+    body: { join: true, nodes: [node('old', 8, [1, 5, 2, 1, 5, 1])], userState: new Uint8Array(0) },
+  });
+  t.equal(s.core.member('old'), undefined, 'delegate version below everyone else’s minimum');
+  t.equal(s.core.counters.pushPullsRefused, 2);
+  s.core.handleStream(s.now, keyOf(9), {
+    type: MessageType.pushPull,
+    body: {
+      join: true,
+      nodes: [node('serf', 7, [1, 5, 2, 2, 5, 5])],
+      userState: new Uint8Array(0),
+    },
+  });
+  t.equal(s.core.member('serf')?.state, NodeState.alive, 'serf 0.9.4 versions are fine');
+  t.end();
+});
