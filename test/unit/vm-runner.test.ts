@@ -26,7 +26,7 @@ t.test('run rejects bad usage with exit 2 before doing anything', async (t) => {
     [['--timeout', '0', '--', 'true'], /--timeout wants whole seconds/],
     [['--smp'], /--smp wants a cpu count/],
     [['--cwd', '/nonexistent-mesh-dir', '--', 'true'], /no such directory/],
-    [['--cwd', '/tmp', '--', 'true'], /cwd \/tmp is hidden inside the guest/],
+    [['--cwd', '/run', '--', 'true'], /cwd \/run is hidden inside the guest/],
     [['true'], /unknown option 'true' \(put the command after --\)/],
   ];
   for (const [args, msg] of cases) {
