@@ -436,3 +436,33 @@ t.test('config validation names the bad field', (t) => {
   t.throws(() => raftConfig(1, { maxInflightMsgs: 0 }), /maxInflightMsgs/);
   t.end();
 });
+
+t.test(
+  'Ready: committed entries are paged by maxCommittedSizePerReady; commit-only needs no fsync',
+  (t) => {
+    const net = new RaftNet([1], { maxCommittedSizePerReady: 200 });
+    net.campaign(1);
+    const n = net.node(1);
+    for (let i = 0; i < 10; i++) n.rn.propose(new Uint8Array(100));
+    const rd = n.rn.ready();
+    n.storage.append(rd.entries);
+    if (rd.hardState) n.storage.setHardState(rd.hardState);
+    n.rn.advance(rd);
+    const sizes: number[] = [];
+    for (let i = 0; i < 20 && n.rn.hasReady(); i++) {
+      const r = n.rn.ready();
+      sizes.push(r.committedEntries.length);
+      if (r.entries.length === 0 && r.hardState) {
+        t.notOk(r.mustSync, 'a commit index change alone needs no fsync');
+        n.storage.setHardState(r.hardState);
+      }
+      n.rn.advance(r);
+    }
+    t.ok(
+      sizes.length > 1 && sizes.every((s) => s <= 2),
+      `pages of ≤ 2 entries: ${sizes.join(',')}`,
+    );
+    t.equal(n.rn.raft.log.applied, 11);
+    t.end();
+  },
+);
