@@ -28,6 +28,7 @@ import {
   compoundHeaderOverhead,
   compoundOverhead,
   encodeMessage,
+  userMsgOverhead,
   vsnProblem,
   type AckResp,
   type Alive,
@@ -58,6 +59,12 @@ export interface SwimDelegate {
   localState?(join: boolean): Uint8Array;
   /** Payload for our acks (memberlist PingDelegate.AckPayload). @default empty */
   ackPayload?(): Uint8Array;
+  /**
+   * User broadcasts to piggyback (memberlist Delegate.GetBroadcasts): raw payloads, each of at
+   * most `limit` bytes in total with `overhead` bytes counted per payload. A delegate with its
+   * own TransmitLimitedQueue (as serf has) plugs in here; `broadcastUser` is the simple way.
+   */
+  getBroadcasts?(overhead: number, limit: number): Uint8Array[];
 }
 
 export interface SwimOptions {
@@ -109,6 +116,8 @@ export interface OutStream {
   id: number;
   to: Address;
   message: StreamMessage;
+  /** Read one reply before calling streamDone (false for a user message: write and close). */
+  reply: boolean;
   deadline: number;
 }
 
@@ -250,7 +259,9 @@ interface Relay {
 }
 
 type Pending =
-  { kind: 'pushPull'; to: Address; join: JoinBatch | null } | { kind: 'ping'; seq: number };
+  | { kind: 'pushPull'; to: Address; join: JoinBatch | null }
+  | { kind: 'ping'; seq: number }
+  | { kind: 'user' };
 
 interface JoinBatch {
   remaining: number;
@@ -489,6 +500,26 @@ export class Swim {
     return true;
   }
 
+  /** Sends a user message to one member over a stream (memberlist SendReliable). */
+  sendUserReliable(now: number, to: string, payload: Uint8Array): boolean {
+    this.now = now;
+    const n = this.nodeMap.get(to);
+    if (this.stopped || !n) {
+      this.counters.userDropped++;
+      return false;
+    }
+    const id = this.nextStreamId();
+    this.pending.set(id, { kind: 'user' });
+    this.out.streams.push({
+      id,
+      to: n.key,
+      message: { type: MessageType.user, body: payload },
+      reply: false,
+      deadline: now + this.cfg.tcpTimeout,
+    });
+    return true;
+  }
+
   // ---- inputs ----
 
   /** Advances time: probe phases, ack/nack timers, suspicion timeouts, periodic rounds. */
@@ -595,6 +626,10 @@ export class Swim {
     if (!p) return;
     this.pending.delete(id);
     if (this.stopped) return;
+    if (p.kind === 'user') {
+      if (error !== '') this.counters.userDropped++;
+      return;
+    }
     if (p.kind === 'ping') {
       const pr = this.probe;
       if (
@@ -717,6 +752,7 @@ export class Swim {
         id,
         to: p.to,
         message: { type: MessageType.ping, body: p.ping },
+        reply: true,
         deadline: p.deadline,
       });
     }
@@ -1013,6 +1049,7 @@ export class Swim {
       id,
       to,
       message: { type: MessageType.pushPull, body: this.localState(join !== null) },
+      reply: true,
       deadline: this.now + this.cfg.tcpTimeout,
     });
   }
@@ -1124,12 +1161,25 @@ export class Swim {
     this.queue.queue(b);
   }
 
+  /** Ours first, then the delegate's, then the core-held user queue (memberlist getBroadcasts). */
   private getBroadcasts(overhead: number, limit: number): Taken<PacketMessage>[] {
     const out = this.queue.getBroadcasts(overhead, limit);
-    if (this.userQueue.length === 0) return out;
+    const d = this.delegate;
+    if (this.userQueue.length === 0 && !d.getBroadcasts) return out;
     let used = 0;
     for (const b of out) used += overhead + b.bytes.length;
-    if (limit - used > overhead) out.push(...this.userQueue.getBroadcasts(overhead, limit - used));
+    if (d.getBroadcasts && limit - used > overhead + userMsgOverhead) {
+      for (const payload of d.getBroadcasts(overhead + userMsgOverhead, limit - used)) {
+        const msg: PacketMessage = { type: MessageType.user, body: payload };
+        const bytes = encodeMessage(msg);
+        if (used + overhead + bytes.length > limit) break;
+        used += overhead + bytes.length;
+        out.push({ value: msg, bytes });
+      }
+    }
+    if (this.userQueue.length > 0 && limit - used > overhead) {
+      out.push(...this.userQueue.getBroadcasts(overhead, limit - used));
+    }
     return out;
   }
 
@@ -1138,12 +1188,11 @@ export class Swim {
     const bytes = encodeMessage(msg);
     const avail =
       this.cfg.udpBufferSize - bytes.length - compoundHeaderOverhead - this.packetOverhead;
-    const extra =
-      this.queue.length + this.userQueue.length > 0
-        ? this.getBroadcasts(compoundOverhead, avail)
-        : [];
+    const busy = this.queue.length + this.userQueue.length > 0 || !!this.delegate.getBroadcasts;
+    const extra = busy ? this.getBroadcasts(compoundOverhead, avail) : [];
     const messages = [msg];
     const parts = [bytes];
+    // A compound holds 255 parts; tiny broadcasts beyond that lose this one transmission.
     for (const b of extra.slice(0, MAX_COMPOUND_PARTS - 1)) {
       messages.push(b.value);
       parts.push(b.bytes);
@@ -1152,7 +1201,7 @@ export class Swim {
   }
 
   private gossip(): void {
-    if (this.queue.length + this.userQueue.length === 0) return;
+    if (this.queue.length + this.userQueue.length === 0 && !this.delegate.getBroadcasts) return;
     const targets = this.kRandomNodes(this.cfg.gossipNodes, (n) => {
       if (n.name === this.name) return true;
       if (n.state === NodeState.alive || n.state === NodeState.suspect) return false;

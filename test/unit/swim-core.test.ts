@@ -164,7 +164,7 @@ class Solo {
       };
     }
     this.at(this.now + 1, () =>
-      this.core.streamDone(this.now, s.id, reply, reply ? '' : 'refused'),
+      this.core.streamDone(this.now, s.id, reply, reply || !s.reply ? '' : 'refused'),
     );
   }
 
@@ -1042,5 +1042,54 @@ t.test('push/pull refused when versions are incompatible (memberlist verifyProto
     },
   });
   t.equal(s.core.member('serf')?.state, NodeState.alive, 'serf 0.9.4 versions are fine');
+  t.end();
+});
+
+t.test('user messages over a stream, and a delegate that supplies broadcasts', (t) => {
+  const s = new Solo(3);
+  t.ok(s.core.sendUserReliable(s.now, 'p2', new Uint8Array([4, 2])));
+  s.pump();
+  const st = s.streams.at(-1)!;
+  t.match(st, { to: keyOf(2), reply: false, message: { type: MessageType.user } });
+  s.advance(s.now + 5);
+  t.equal(s.core.counters.userDropped, 0);
+  t.notOk(s.core.sendUserReliable(s.now, 'nobody', new Uint8Array([1])));
+
+  const calls: [number, number][] = [];
+  let left = 3;
+  const d = new Swim({
+    name: 'me',
+    addr: addrOf(1),
+    port: 7946,
+    config: { ...LAN_CONFIG, pushPullInterval: 0 },
+    rand: new SeededRandom(3),
+    now: 0,
+    delegate: {
+      getBroadcasts: (overhead, limit) => {
+        calls.push([overhead, limit]);
+        return left-- > 0 ? [new Uint8Array(100).fill(left)] : [];
+      },
+    },
+  });
+  d.handleStream(0, keyOf(2), {
+    type: MessageType.pushPull,
+    body: { join: false, nodes: new Solo(3).peerStates(1), userState: new Uint8Array(0) },
+  });
+  d.resetBroadcasts();
+  d.ready();
+  let users = 0;
+  for (let now = 0; now <= 2000; now = Math.max(now + 1, d.nextDeadline())) {
+    d.tick(now);
+    for (const p of d.ready().packets) {
+      users += p.messages.filter((m) => m.type === MessageType.user).length;
+      const size = p.parts.reduce((a, b) => a + b.length, 0) + 2 + 2 * p.parts.length;
+      if (size > 1400) t.fail(`packet of ${size} bytes`);
+    }
+  }
+  t.equal(users, 3, 'each payload the delegate handed over was sent');
+  t.ok(
+    calls.length > 0 && calls.every(([o, l]) => o === 3 && l <= 1398),
+    'overhead includes the user type byte',
+  );
   t.end();
 });

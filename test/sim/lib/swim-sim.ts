@@ -450,7 +450,7 @@ export class SwimSim {
       const back = reply === null ? null : this.roundTrip(reply);
       this.at(t2, () => {
         if (!from.up) return;
-        from.core.streamDone(this.now, s.id, back, back === null ? 'EOF' : '');
+        from.core.streamDone(this.now, s.id, back, back === null && s.reply ? 'EOF' : '');
         this.flush(from);
       });
     });
