@@ -25,6 +25,7 @@ import {
   MessageType,
   NodeState,
   OUR_VSN,
+  MetaMaxSize,
   compoundHeaderOverhead,
   compoundOverhead,
   encodeMessage,
@@ -179,6 +180,8 @@ export interface SwimCounters {
   pingsForOtherNode: number;
   acksUnmatched: number;
   aliveRejectedVsn: number;
+  /** Alive messages with more than 512 bytes of meta (we could not relay them). */
+  aliveRejectedMeta: number;
   conflicts: number;
   refutes: number;
   pushPulls: number;
@@ -281,6 +284,7 @@ export class Swim {
     pingsForOtherNode: 0,
     acksUnmatched: 0,
     aliveRejectedVsn: 0,
+    aliveRejectedMeta: 0,
     conflicts: 0,
     refutes: 0,
     pushPulls: 0,
@@ -332,6 +336,7 @@ export class Swim {
     const vp = vsnProblem(this.vsn);
     if (vp !== null) throw new UsageError(`create gossip core: version array ${vp}`);
     formatAddress(o.addr, o.port);
+    checkMeta('create gossip core', o.meta ?? EMPTY);
     this.packetOverhead = o.packetOverhead ?? 0;
     this.awareness = new Awareness(this.cfg.awarenessMaxMultiplier);
     const numNodes = (): number => this.nodes.length;
@@ -389,7 +394,7 @@ export class Swim {
     return this.nodeMap.get(name);
   }
 
-  /** Members currently alive, ourselves included (memberlist NumMembers). */
+  /** Members in state alive (not suspect), ourselves included. */
   numAlive(): number {
     let n = 0;
     for (const x of this.nodes) if (x.state === NodeState.alive) n++;
@@ -465,6 +470,7 @@ export class Swim {
   /** New metadata, announced with a fresh incarnation (memberlist UpdateNode). */
   setMeta(now: number, meta: Uint8Array): void {
     this.now = now;
+    checkMeta('set gossip meta', meta);
     if (this.stopped) return;
     this.aliveNode(
       {
@@ -848,6 +854,10 @@ export class Swim {
     if (vsnProblem(a.vsn) !== null) {
       // memberlist would store it, but relaying such an array crashes or poisons serf peers.
       this.counters.aliveRejectedVsn++;
+      return;
+    }
+    if (a.meta.length > MetaMaxSize) {
+      this.counters.aliveRejectedMeta++;
       return;
     }
     let n = this.nodeMap.get(a.node);
@@ -1293,6 +1303,12 @@ function view(n: NodeRec): Member {
     stateChange: n.stateChange,
     vsn: n.vsn,
   };
+}
+
+function checkMeta(op: string, meta: Uint8Array): void {
+  if (meta.length > MetaMaxSize) {
+    throw new UsageError(`${op}: meta is ${meta.length} bytes, memberlist allows ${MetaMaxSize}`);
+  }
 }
 
 function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {

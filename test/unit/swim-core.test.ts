@@ -1093,3 +1093,25 @@ t.test('user messages over a stream, and a delegate that supplies broadcasts', (
   );
   t.end();
 });
+
+t.test('meta is limited to 512 bytes, ours and relayed', (t) => {
+  const s = new Solo(1);
+  t.throws(() => s.core.setMeta(s.now, new Uint8Array(513)), /meta is 513 bytes/);
+  t.doesNotThrow(() => s.core.setMeta(s.now, new Uint8Array(512)));
+  s.step('p2', {
+    type: MessageType.alive,
+    body: {
+      incarnation: 1,
+      node: 'big',
+      addr: addrOf(60),
+      port: 7946,
+      meta: new Uint8Array(600),
+      vsn: Uint8Array.from(OUR_VSN),
+    },
+  });
+  t.equal(s.core.member('big'), undefined);
+  t.equal(s.core.counters.aliveRejectedMeta, 1);
+  s.advance(s.now + 3000);
+  t.pass('gossip with a 512-byte meta encodes');
+  t.end();
+});
