@@ -551,11 +551,11 @@ export class Swim {
     }
     if (now >= this.nextProbe) {
       // Like Go's ticker, missed ticks are dropped while a (health-scaled) probe runs long.
-      while (this.nextProbe <= now) this.nextProbe += this.cfg.probeInterval;
+      this.nextProbe = nextTick(this.nextProbe, now, this.cfg.probeInterval);
       if (!this.probe) this.runProbe();
     }
     if (now >= this.nextGossip) {
-      while (this.nextGossip <= now) this.nextGossip += this.cfg.gossipInterval;
+      this.nextGossip = nextTick(this.nextGossip, now, this.cfg.gossipInterval);
       this.gossip();
     }
     if (now >= this.nextPushPull) {
@@ -1303,6 +1303,11 @@ function view(n: NodeRec): Member {
     stateChange: n.stateChange,
     vsn: n.vsn,
   };
+}
+
+/** The first tick of the series `due + k·interval` after `now` (due <= now). */
+function nextTick(due: number, now: number, interval: number): number {
+  return due + (Math.floor((now - due) / interval) + 1) * interval;
 }
 
 function checkMeta(op: string, meta: Uint8Array): void {

@@ -1115,3 +1115,19 @@ t.test('meta is limited to 512 bytes, ours and relayed', (t) => {
   t.pass('gossip with a 512-byte meta encodes');
   t.end();
 });
+
+t.test('a driver that stalls for a day: missed rounds are dropped, not replayed', (t) => {
+  const s = new Solo(3);
+  s.advance(5000);
+  const sent = s.sent.length;
+  const day = 86_400_000;
+  const start = performance.now();
+  s.core.tick(s.now + day);
+  s.now += day;
+  s.pump();
+  t.ok(performance.now() - start < 100, 'constant work');
+  t.ok(s.sent.length - sent <= 6, `one round's worth of packets (${s.sent.length - sent})`);
+  const next = s.core.nextDeadline();
+  t.ok(next > s.now && next <= s.now + 1000, 'next deadline within one interval');
+  t.end();
+});

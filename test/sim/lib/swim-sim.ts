@@ -41,6 +41,8 @@ export interface SimNode {
   left: boolean;
   group: number;
   wakeAt: number;
+  lastWake: number;
+  sameWakes: number;
 }
 
 export interface FalsePositive {
@@ -163,6 +165,8 @@ export class SwimSim {
       left: false,
       group: 0,
       wakeAt: Infinity,
+      lastWake: -1,
+      sameWakes: 0,
     };
     this.nodes.push(n);
     this.byName.set(name, n);
@@ -219,7 +223,7 @@ export class SwimSim {
       rand: new SeededRandom(this.rand.intn(2 ** 31)),
       now: this.now,
     });
-    const n: SimNode = { ...old, core, up: true, left: false, wakeAt: Infinity };
+    const n: SimNode = { ...old, core, up: true, left: false, wakeAt: Infinity, sameWakes: 0 };
     this.nodes[this.nodes.indexOf(old)] = n;
     this.byName.set(n.name, n);
     this.byAddr.set(n.addr, n);
@@ -389,6 +393,13 @@ export class SwimSim {
       this.at(d, () => {
         if (n.wakeAt !== d || !n.up) return;
         n.wakeAt = Infinity;
+        // A core whose deadline does not move after a tick would spin at one instant.
+        if (d === n.lastWake && ++n.sameWakes > 1000) {
+          this.fail(`${n.name} woken 1000 times at ${d} without progress`);
+          return;
+        }
+        if (d !== n.lastWake) n.sameWakes = 0;
+        n.lastWake = d;
         n.core.tick(this.now);
         this.flush(n);
       });
