@@ -2,7 +2,7 @@
 import t from 'tap';
 import { execFileSync } from 'node:child_process';
 import { once } from 'node:events';
-import { existsSync } from 'node:fs';
+import { existsSync, readlinkSync } from 'node:fs';
 import {
   NETLINK_ROUTE,
   NetlinkSocket,
@@ -85,6 +85,31 @@ t.test('spawnInNetns starts the child inside the namespace', async (t) => {
     'eth0',
     'lo',
   ]);
+});
+
+t.test('open a namespace by pid and by path', async (t) => {
+  const net = testnet(t, { hosts: 1 });
+  const host = net.hosts[0]!;
+  const sleeper = host.spawn('sleep', ['30'], { stdio: 'ignore' });
+  // Wait (bounded) until `ip netns exec` has switched the child into the host's namespace.
+  const want = readlinkSync(`/proc/thread-self/fd/${host.ns.fd}`);
+  for (let i = 0; i < 100 && readlinkSync(`/proc/${sleeper.pid}/ns/net`) !== want; i++) {
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  for (const ref of [{ pid: sleeper.pid! }, { path: `/run/netns/${host.name}` }]) {
+    const ns = netnsOpen(ref);
+    const h = NetlinkSocket.open(NETLINK_ROUTE, { netns: ns });
+    t.same(
+      linkList(h)
+        .map((l) => l.name)
+        .sort(),
+      ['eth0', 'lo'],
+      `${JSON.stringify(ref)} is the host's namespace`,
+    );
+    h.close();
+    ns.close();
+  }
+  t.throws(() => netnsOpen({ pid: 0x7ffffff0 }), { code: 'ENETNS' });
 });
 
 t.test('test hosts reach each other on the underlay, and nothing else', async (t) => {
