@@ -353,8 +353,9 @@ export function linkList(h: NetlinkSocket): Link[] {
     .map(decodeLink);
 }
 
-function getMsg(ref: number | string): Buffer {
-  const w = new NlWriter(RTM_GETLINK, NLM_F_REQUEST);
+/** A link message addressing one link by index or by name (RTM_GETLINK, RTM_DELLINK). */
+function linkRefMsg(type: number, flags: number, ref: number | string): Buffer {
+  const w = new NlWriter(type, flags);
   if (typeof ref === 'number') {
     w.raw(ifinfomsg(AF_UNSPEC, ref));
   } else {
@@ -368,7 +369,10 @@ function getMsg(ref: number | string): Buffer {
 /** One link by name or index; throws NetlinkError ENODEV if absent. Equivalent to: `ip -d link show NAME`. */
 export function linkGet(h: NetlinkSocket, ref: number | string): Link {
   const what = typeof ref === 'number' ? `index ${ref}` : ref;
-  const replies = h.request(getMsg(ref), { op: 'get', object: `link ${what}` });
+  const replies = h.request(linkRefMsg(RTM_GETLINK, NLM_F_REQUEST, ref), {
+    op: 'get',
+    object: `link ${what}`,
+  });
   const m = replies.find((r) => r.type === RTM_NEWLINK);
   if (!m) throw new NetlinkError({ op: 'get', object: `link ${what}` }, 19);
   return decodeLink(m);
@@ -393,16 +397,8 @@ export function linkDel(
   ref: number | string,
   opts: { ifExists?: boolean } = {},
 ): void {
-  const w = new NlWriter(RTM_DELLINK, NLM_F_REQUEST | NLM_F_ACK);
-  if (typeof ref === 'number') {
-    w.raw(ifinfomsg(AF_UNSPEC, ref));
-  } else {
-    checkIfname(ref);
-    w.raw(ifinfomsg(AF_UNSPEC, 0));
-    w.str(IFLA_IFNAME, ref);
-  }
   try {
-    h.request(w.finish(), { op: 'del', object: `link ${ref}` });
+    h.request(linkRefMsg(RTM_DELLINK, NLM_F_REQUEST, ref), { op: 'del', object: `link ${ref}` });
   } catch (e) {
     if (opts.ifExists && isErrno(e, 'ENODEV')) return;
     throw e;
