@@ -22,6 +22,7 @@ import { ProgressState, ProgressTracker } from './progress.js';
 import type { RaftRandom } from './random.js';
 import { entrySize, type Storage } from './storage.js';
 import {
+  ConfChangeType,
   EntryType,
   MessageType,
   NONE,
@@ -648,8 +649,19 @@ export class Raft {
       if (e.type !== EntryType.ConfChange) continue;
       if (this.pendingConfIndex > this.log.applied || ccIndex !== 0)
         throw new ProposalDroppedError('a membership change is already in progress; retry later');
-      const next = nextConfState(this.prs.confState(), decodeConfChange(e.data));
+      const cc = decodeConfChange(e.data);
+      const next = nextConfState(this.prs.confState(), cc);
       if (next instanceof ConfChangeRejectedError) throw next;
+      if (cc.type === ConfChangeType.PromoteLearner) {
+        // A voter that cannot yet ack would count against the quorum at once (thesis §4.2.1):
+        // promote only a learner that holds everything committed.
+        const pr = this.prs.progress.get(cc.nodeId);
+        const match = pr?.match ?? 0;
+        if (match < this.log.committed)
+          throw new ConfChangeRejectedError(
+            `learner ${cc.nodeId} has not caught up (match ${match} < commit ${this.log.committed}); retry once it has`,
+          );
+      }
       ccIndex = this.log.lastIndex() + i + 1;
     }
     if (!this.appendEntries(m.entries))

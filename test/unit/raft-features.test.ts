@@ -466,3 +466,23 @@ t.test(
     t.end();
   },
 );
+
+t.test('membership: a learner is promoted only once it holds everything committed', (t) => {
+  const net = new RaftNet([1, 2, 3]);
+  net.campaign(1);
+  net.propose(1, 'a');
+  const l = net.node(1).rn;
+  l.proposeConfChange({ type: ConfChangeType.AddLearner, nodeId: 4 });
+  net.drain();
+  // Node 4 is not running yet: it has acknowledged nothing.
+  t.throws(() => l.proposeConfChange({ type: ConfChangeType.PromoteLearner, nodeId: 4 }), {
+    code: 'ERAFT_CONF_CHANGE',
+    message: /not caught up/,
+  });
+  net.addNode(4, MemoryStorage.bootstrap([1, 2, 3]));
+  net.tickAll(3);
+  l.proposeConfChange({ type: ConfChangeType.PromoteLearner, nodeId: 4 });
+  net.drain();
+  t.same(net.raft(4).prs.confState().voters, [1, 2, 3, 4]);
+  t.end();
+});
