@@ -194,8 +194,8 @@ if (replay !== undefined) {
   if (full) {
     t.test('convergence table (LAN preset, simulated ms)', (t) => {
       const rows: string[] = [
-        '| N | loss | join reaches all (ms) | crash dead everywhere (ms) | false positives | suspicions of live nodes | UDP only: dead everywhere (ms) | UDP only: false positives | UDP only: suspicions | runs |',
-        '|---|---|---|---|---|---|---|---|---|---|',
+        '| N | loss | join reaches all (ms) | crash dead everywhere (ms) | false positives | suspicions of live nodes | UDP only: dead everywhere (ms) | UDP only: false positives | UDP only: suspicions | steady packets/node/s | steady bytes/node/s | runs |',
+        '|---|---|---|---|---|---|---|---|---|---|---|---|',
       ];
       for (const n of [10, 100, 1000]) {
         for (const loss of [0, 0.05, 0.1]) {
@@ -224,7 +224,9 @@ if (replay !== undefined) {
               `${rs.reduce((a, r) => a + r.suspicionsOfLive, 0)} | ` +
               `${stat(udp.map((r) => r.deadMs ?? NaN))} | ` +
               `${udp.reduce((a, r) => a + r.falsePositives.length, 0)} | ` +
-              `${udp.reduce((a, r) => a + r.suspicionsOfLive, 0)} | ${runs} |`,
+              `${udp.reduce((a, r) => a + r.suspicionsOfLive, 0)} | ` +
+              `${stat(rs.map((r) => Math.round(r.steadyPackets * 10) / 10))} | ` +
+              `${stat(rs.map((r) => Math.round(r.steadyBytes)))} | ${runs} |`,
           );
         }
       }

@@ -127,6 +127,8 @@ export class SwimSim {
     return this.suspected.size;
   }
   packets = 0;
+  /** UDP payload bytes sent: encoded messages plus compound framing (no IP/UDP headers). */
+  bytes = 0;
   messages = 0;
   dropped = 0;
   streams = 0;
@@ -409,6 +411,8 @@ export class SwimSim {
   private sendPacket(from: SimNode, p: OutPacket): void {
     this.packets++;
     this.messages += p.messages.length;
+    for (const b of p.parts) this.bytes += b.length;
+    if (p.parts.length > 1) this.bytes += 2 + 2 * p.parts.length;
     const to = this.byAddr.get(p.to);
     if (!to || this.rand.next() < this.loss) {
       this.dropped++;
@@ -510,6 +514,9 @@ export interface ScenarioResult {
   suspicionsOfLive: number;
   partitionDeaths: number;
   packets: number;
+  /** Packets and bytes sent per live node per second over the last 10 s (steady state). */
+  steadyPackets: number;
+  steadyBytes: number;
   simMs: number;
   violation: string | null;
 }
@@ -533,6 +540,8 @@ export function runScenario(o: ScenarioOptions): ScenarioResult {
     suspicionsOfLive: 0,
     partitionDeaths: 0,
     packets: 0,
+    steadyPackets: 0,
+    steadyBytes: 0,
     simMs: 0,
     violation: null,
   };
@@ -601,6 +610,11 @@ export function runScenario(o: ScenarioOptions): ScenarioResult {
     if (h === null) return done();
     res.healMs = h - th;
   }
+  const p0 = sim.packets;
+  const b0 = sim.bytes;
   sim.runUntil(sim.now + 10_000);
+  const perNodeSecond = sim.live().length * 10;
+  res.steadyPackets = (sim.packets - p0) / perNodeSecond;
+  res.steadyBytes = (sim.bytes - b0) / perNodeSecond;
   return done();
 }
