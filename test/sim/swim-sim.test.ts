@@ -93,15 +93,21 @@ if (replay !== undefined) {
     },
   );
 
-  t.test('N=100: formed by joins at 0 % loss, bootstrapped at 10 % loss', (t) => {
-    const a = runScenario({ seed: 101, n: 100, loss: 0, fromScratch: true });
-    checkRun(t, a, { scratch: true, partition: false });
-    const b = runScenario({ seed: 102, n: 100, loss: 0.1 });
-    checkRun(t, b, { scratch: false, partition: false });
-    t.comment(describe(a));
-    t.comment(describe(b));
-    t.end();
-  });
+  t.test(
+    'N=100: formed by joins at 0 % loss, bootstrapped at 10 % loss, partitioned over the wire codecs',
+    (t) => {
+      const a = runScenario({ seed: 101, n: 100, loss: 0, fromScratch: true });
+      checkRun(t, a, { scratch: true, partition: false });
+      const b = runScenario({ seed: 102, n: 100, loss: 0.1 });
+      checkRun(t, b, { scratch: false, partition: false });
+      const c = runScenario({ seed: 4, n: 100, loss: 0.1, wire: true, partitionMs: 15_000 });
+      checkRun(t, c, { scratch: false, partition: true });
+      t.comment(describe(a));
+      t.comment(describe(b));
+      t.comment(describe(c));
+      t.end();
+    },
+  );
 
   t.test('a run is a pure function of its seed', (t) => {
     const a = runScenario({ seed: 7, n: 10, loss: 0.05, fromScratch: true });
