@@ -183,6 +183,8 @@ export interface SwimCounters {
   /** Alive messages with more than 512 bytes of meta (we could not relay them). */
   aliveRejectedMeta: number;
   conflicts: number;
+  /** Messages dropped for an address that is neither 4 nor 16 bytes. */
+  badAddresses: number;
   refutes: number;
   pushPulls: number;
   pushPullsFailed: number;
@@ -286,6 +288,7 @@ export class Swim {
     aliveRejectedVsn: 0,
     aliveRejectedMeta: 0,
     conflicts: 0,
+    badAddresses: 0,
     refutes: 0,
     pushPulls: 0,
     pushPullsFailed: 0,
@@ -811,6 +814,10 @@ export class Swim {
       this.counters.pingsForOtherNode++;
       return;
     }
+    if (p.sourceAddr.length > 0 && !isIp(p.sourceAddr)) {
+      this.counters.badAddresses++;
+      return;
+    }
     const to = p.sourceAddr.length > 0 ? formatAddress(p.sourceAddr, p.sourcePort) : from;
     this.send(to, {
       type: MessageType.ackResp,
@@ -819,6 +826,10 @@ export class Swim {
   }
 
   private handleIndirectPing(from: Address, ind: IndirectPing): void {
+    if (!isIp(ind.target) || (ind.sourceAddr.length > 0 && !isIp(ind.sourceAddr))) {
+      this.counters.badAddresses++;
+      return;
+    }
     const seq = this.nextSeq();
     const replyTo =
       ind.sourceAddr.length > 0 ? formatAddress(ind.sourceAddr, ind.sourcePort) : from;
@@ -858,6 +869,10 @@ export class Swim {
     }
     if (a.meta.length > MetaMaxSize) {
       this.counters.aliveRejectedMeta++;
+      return;
+    }
+    if (!isIp(a.addr)) {
+      this.counters.badAddresses++;
       return;
     }
     let n = this.nodeMap.get(a.node);
@@ -1308,6 +1323,10 @@ function view(n: NodeRec): Member {
 /** The first tick of the series `due + k·interval` after `now` (due <= now). */
 function nextTick(due: number, now: number, interval: number): number {
   return due + (Math.floor((now - due) / interval) + 1) * interval;
+}
+
+function isIp(addr: Uint8Array): boolean {
+  return addr.length === 4 || addr.length === 16;
 }
 
 function checkMeta(op: string, meta: Uint8Array): void {

@@ -1131,3 +1131,41 @@ t.test('a driver that stalls for a day: missed rounds are dropped, not replayed'
   t.ok(next > s.now && next <= s.now + 1000, 'next deadline within one interval');
   t.end();
 });
+
+t.test('malformed addresses in messages are dropped, never thrown', (t) => {
+  const s = new Solo(2);
+  const bad = new Uint8Array(5);
+  t.doesNotThrow(() => {
+    s.step('p2', {
+      type: MessageType.ping,
+      body: { seqNo: 1, node: 'me', sourceAddr: bad, sourcePort: 1, sourceNode: 'x' },
+    });
+    s.step('p2', {
+      type: MessageType.indirectPing,
+      body: {
+        seqNo: 2,
+        target: bad,
+        port: 1,
+        node: 'p3',
+        nack: true,
+        sourceAddr: new Uint8Array(0),
+        sourcePort: 0,
+        sourceNode: '',
+      },
+    });
+    s.step('p2', {
+      type: MessageType.alive,
+      body: {
+        incarnation: 1,
+        node: 'odd',
+        addr: bad,
+        port: 1,
+        meta: new Uint8Array(0),
+        vsn: Uint8Array.from(OUR_VSN),
+      },
+    });
+  });
+  t.equal(s.core.counters.badAddresses, 3);
+  t.equal(s.core.member('odd'), undefined);
+  t.end();
+});
