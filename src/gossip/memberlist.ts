@@ -168,7 +168,7 @@ export class Memberlist extends EventEmitter {
   }
 
   /** Monotonic milliseconds: the clock the core runs on. */
-  static clock(): number {
+  static clock(this: void): number {
     return performance.now();
   }
 

@@ -11,7 +11,7 @@
  */
 
 import { createSocket, type RemoteInfo, type Socket as UdpSocket } from 'node:dgram';
-import { once } from 'node:events';
+import type { EventEmitter } from 'node:events';
 import { createServer, connect, isIPv6, type Server, type Socket } from 'node:net';
 
 import { MeshError } from '../util/errors.js';
@@ -51,6 +51,14 @@ export function joinHostPort(host: string, port: number): string {
 
 /** Largest datagram we accept; memberlist reads into a 65536-byte buffer. */
 export const MAX_DATAGRAM = 65536;
+
+/** Resolves on 'listening'; rejects with the bind error. */
+function listening(e: EventEmitter): Promise<void> {
+  return new Promise((resolve, reject) => {
+    e.once('listening', () => resolve());
+    e.once('error', (err: Error) => reject(err));
+  });
+}
 
 export class Transport {
   readonly bindAddr: string;
@@ -99,10 +107,7 @@ export class Transport {
       );
     try {
       tcp.listen({ host: addr, port, exclusive: true });
-      await Promise.race([
-        once(tcp, 'listening'),
-        once(tcp, 'error').then(([e]) => Promise.reject(e)),
-      ]);
+      await listening(tcp);
     } catch (e) {
       tcp.close();
       throw bindErr('tcp', e);
@@ -112,10 +117,7 @@ export class Transport {
     const udp = createSocket({ type: isIPv6(addr) ? 'udp6' : 'udp4' });
     try {
       udp.bind({ address: addr, port: realPort, exclusive: true });
-      await Promise.race([
-        once(udp, 'listening'),
-        once(udp, 'error').then(([e]) => Promise.reject(e)),
-      ]);
+      await listening(udp);
     } catch (e) {
       udp.close();
       tcp.close();

@@ -1,0 +1,214 @@
+/**
+ * Helpers for gossip tests in namespaces: run Debian's `serf agent` or our gossip-agent
+ * (dist/src/gossip/agent-main.js) inside a test host, read their member lists, poll with a
+ * bound. Each host has its own loopback, so serf's RPC on 127.0.0.1:7373 is per host.
+ * Processes are started with `host.spawn`, so TestNet.destroy() kills them whatever happens.
+ */
+import type { ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+
+import type { TestHost } from './testnet.js';
+
+export const RPC = '127.0.0.1:7373';
+
+/** Whether the `serf` binary is installed (scripts/setup installs Debian's). */
+export function haveSerf(): boolean {
+  return spawnSync('serf', ['version'], { encoding: 'utf8' }).status === 0;
+}
+
+/** A fresh AES-256 gossip key, base64 (what `serf agent -encrypt` takes). */
+export function newKey(): string {
+  return randomBytes(32).toString('base64');
+}
+
+export interface Agent {
+  name: string;
+  host: TestHost;
+  proc: ChildProcess;
+  /** Everything the process printed so far (stdout and stderr). */
+  log(): string;
+  /** SIGKILL: a crash, no leave. */
+  kill(): void;
+}
+
+function capture(proc: ChildProcess): () => string {
+  const chunks: string[] = [];
+  let size = 0;
+  const add = (b: Buffer) => {
+    if (size > 4_000_000) return;
+    size += b.length;
+    chunks.push(b.toString('utf8'));
+  };
+  proc.stdout?.on('data', add);
+  proc.stderr?.on('data', add);
+  return () => chunks.join('');
+}
+
+/** `serf agent` bound to the host's underlay address, RPC on the host's loopback. */
+export function startSerf(
+  host: TestHost,
+  name: string,
+  o: { join?: string; key?: string } = {},
+): Agent {
+  const args = ['agent', '-node', name, '-bind', `${host.addr}:7946`, '-rpc-addr', RPC];
+  if (o.key) args.push('-encrypt', o.key);
+  if (o.join) args.push('-join', `${o.join}:7946`);
+  const proc = host.spawn('serf', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  return { name, host, proc, log: capture(proc), kill: () => proc.kill('SIGKILL') };
+}
+
+export interface SerfMember {
+  name: string;
+  addr: string;
+  status: string;
+}
+
+/** `serf members -format json` inside the host; [] if the agent does not answer. */
+export function serfMembers(host: TestHost): SerfMember[] {
+  const r = host.exec('serf', ['members', '-rpc-addr', RPC, '-format', 'json'], {
+    timeoutMs: 5000,
+  });
+  if (r.status !== 0) return [];
+  try {
+    return (JSON.parse(r.stdout) as { members: SerfMember[] }).members;
+  } catch {
+    return [];
+  }
+}
+
+/** `serf keys -install|-use|-remove KEY` inside the host: exit status and output. */
+export function serfKeys(
+  host: TestHost,
+  op: 'install' | 'use' | 'remove',
+  key: string,
+): { status: number | null; out: string } {
+  const r = host.exec('serf', ['keys', '-rpc-addr', RPC, `-${op}`, key], { timeoutMs: 15_000 });
+  return { status: r.status, out: `${r.stdout}${r.stderr}`.trim() };
+}
+
+export interface OurMember {
+  name: string;
+  addr: string;
+  state: string;
+  incarnation: number;
+}
+
+export interface OurAgent extends Agent {
+  statusFile: string;
+  /** Members from the status file ([] before the first write). */
+  members(): OurMember[];
+  /** Sends one JSON command on stdin and waits (bounded) for its reply line. */
+  command(cmd: object, timeoutMs?: number): Promise<Record<string, unknown>>;
+  /** Full status object from the status file. */
+  status(): Record<string, unknown> | null;
+}
+
+const AGENT = fileURLToPath(new URL('../../src/gossip/agent-main.js', import.meta.url));
+
+/** Our gossip-agent in the host, bound to its underlay address. */
+export function startOurs(
+  host: TestHost,
+  name: string,
+  o: { join?: string[]; key?: string; port?: number; extra?: string[] } = {},
+): OurAgent {
+  const dir = mkdtempSync(join(tmpdir(), 'mesh-gossip-'));
+  const statusFile = join(dir, 'status.json');
+  const args = [AGENT, '--name', name, '--bind', `${host.addr}:${o.port ?? 7946}`];
+  for (const j of o.join ?? []) args.push('--join', j);
+  if (o.key) args.push('--key', o.key);
+  args.push('--status-file', statusFile, ...(o.extra ?? []));
+  const proc = host.spawn(process.execPath, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+  proc.on('exit', () => rmSync(dir, { recursive: true, force: true }));
+  const log = capture(proc);
+  const waiters: { op: string; fn: (v: Record<string, unknown>) => void }[] = [];
+  if (proc.stdout) {
+    createInterface({ input: proc.stdout }).on('line', (line) => {
+      let v: Record<string, unknown>;
+      try {
+        v = JSON.parse(line) as Record<string, unknown>;
+      } catch {
+        return;
+      }
+      if (typeof v.reply !== 'string') return;
+      const i = waiters.findIndex((w) => w.op === v.reply || v.reply === 'error');
+      if (i >= 0) waiters.splice(i, 1)[0]?.fn(v);
+    });
+  }
+  const status = (): Record<string, unknown> | null => {
+    try {
+      return JSON.parse(readFileSync(statusFile, 'utf8')) as Record<string, unknown>;
+    } catch {
+      return null;
+    }
+  };
+  return {
+    name,
+    host,
+    proc,
+    log,
+    statusFile,
+    kill: () => proc.kill('SIGKILL'),
+    status,
+    members: () => (status()?.members as OurMember[] | undefined) ?? [],
+    command: (cmd, timeoutMs = 5000) =>
+      new Promise((resolve, reject) => {
+        const op = (cmd as { op: string }).op;
+        const t = setTimeout(
+          () => reject(new Error(`gossip-agent ${name}: no reply to ${op}`)),
+          timeoutMs,
+        );
+        waiters.push({
+          op,
+          fn: (v) => {
+            clearTimeout(t);
+            resolve(v);
+          },
+        });
+        proc.stdin?.write(`${JSON.stringify(cmd)}\n`);
+      }),
+  };
+}
+
+/** Polls `check` every `everyMs` until it returns true or `timeoutMs` passes; returns ms taken or -1. */
+export async function waitFor(
+  check: () => boolean,
+  timeoutMs: number,
+  everyMs = 100,
+): Promise<number> {
+  const t0 = Date.now();
+  for (let i = 0; i < Math.ceil(timeoutMs / everyMs) + 1; i++) {
+    let ok: boolean;
+    try {
+      ok = check();
+    } catch {
+      ok = false;
+    }
+    if (ok) return Date.now() - t0;
+    if (Date.now() - t0 >= timeoutMs) break;
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+  return -1;
+}
+
+/** `name → state` from a member list (serf's `status` or ours' `state`). */
+export function stateMap(
+  ms: readonly { name: string; status?: string; state?: string }[],
+): Map<string, string> {
+  return new Map(ms.map((m) => [m.name, m.status ?? m.state ?? '?']));
+}
+
+/** True when every name in `names` is in `ms` with `state`. */
+export function allIn(
+  ms: readonly { name: string; status?: string; state?: string }[],
+  names: readonly string[],
+  state: string,
+): boolean {
+  const m = stateMap(ms);
+  return names.every((n) => m.get(n) === state);
+}

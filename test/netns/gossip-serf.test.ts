@@ -1,0 +1,169 @@
+// Interop with real memberlist peers: Debian's `serf agent` (memberlist 0.2) and our
+// gossip-agent side by side in network namespaces. Every wait is bounded; the nets (and the
+// processes in them) are destroyed however a test ends.
+import t from 'tap';
+
+import {
+  allIn,
+  haveSerf,
+  newKey,
+  serfKeys,
+  serfMembers,
+  startOurs,
+  startSerf,
+  stateMap,
+  waitFor,
+  type OurAgent,
+} from '../lib/serf.js';
+import { testnet, type TestHost } from '../lib/testnet.js';
+
+if (process.getuid?.() !== 0) {
+  t.plan(0, 'gossip interop needs root (it creates network namespaces)');
+  process.exit(0);
+}
+if (!haveSerf()) {
+  t.plan(0, 'serf is not installed (scripts/setup installs it)');
+  process.exit(0);
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Both views: serf's (through RPC in `serfHost`) and ours. */
+function views(serfHost: TestHost, ours: OurAgent): string {
+  const s = [...stateMap(serfMembers(serfHost))].map(([n, st]) => `${n}=${st}`).join(' ');
+  const o = [...stateMap(ours.members())].map(([n, st]) => `${n}=${st}`).join(' ');
+  return `serf(${serfHost.name.split('-').pop()}): ${s} | ours: ${o}`;
+}
+
+t.test('plaintext: join, failure detection both ways, serf healthy after', async (t) => {
+  const net = testnet(t, { hosts: 5 });
+  const [h1, h2, h3, h4, h5] = net.hosts as [TestHost, TestHost, TestHost, TestHost, TestHost];
+  startSerf(h1, 's1');
+  await waitFor(() => serfMembers(h1).length === 1, 5000);
+  startSerf(h2, 's2', { join: h1.addr });
+  const s5 = startSerf(h5, 's5', { join: h1.addr });
+  t.ok(
+    (await waitFor(() => allIn(serfMembers(h1), ['s1', 's2', 's5'], 'alive'), 10_000)) >= 0,
+    'serf cluster of 3 formed',
+  );
+
+  // (1) our node joins through s1.
+  const all = ['s1', 's2', 's5', 'o3'];
+  const o3 = startOurs(h3, 'o3', { join: [`${h1.addr}:7946`] });
+  const joinMs = await waitFor(
+    () =>
+      allIn(serfMembers(h1), all, 'alive') &&
+      allIn(serfMembers(h2), all, 'alive') &&
+      allIn(o3.members(), all, 'alive'),
+    15_000,
+  );
+  t.ok(joinMs >= 0, `our node and serf list each other alive (${joinMs} ms): ${views(h2, o3)}`);
+  const serfView = serfMembers(h2).find((m) => m.name === 'o3') as unknown as {
+    protocol?: { version: number };
+  };
+  t.equal(serfView.protocol?.version, 4, 'serf sees our delegate version 4');
+
+  // (3) a serf agent is killed: we must declare it dead.
+  s5.kill();
+  const deadMs = await waitFor(() => stateMap(o3.members()).get('s5') === 'dead', 20_000);
+  t.ok(deadMs >= 0, `killed serf agent declared dead by us (${deadMs} ms): ${views(h1, o3)}`);
+  t.ok(
+    (await waitFor(() => stateMap(serfMembers(h1)).get('s5') === 'failed', 10_000)) >= 0,
+    'and failed by serf',
+  );
+
+  // (4) our node is killed: serf must mark it failed.
+  o3.kill();
+  const failedMs = await waitFor(
+    () =>
+      stateMap(serfMembers(h1)).get('o3') === 'failed' &&
+      stateMap(serfMembers(h2)).get('o3') === 'failed',
+    20_000,
+  );
+  t.ok(failedMs >= 0, `killed node of ours marked failed by both serf agents (${failedMs} ms)`);
+
+  // (5) the serf cluster is healthy after our node died: the survivors see each other alive,
+  // and a new serf agent joins (push/pull with state that still lists our failed node).
+  t.ok(allIn(serfMembers(h1), ['s1', 's2'], 'alive'), 's1 sees s1, s2 alive');
+  t.ok(allIn(serfMembers(h2), ['s1', 's2'], 'alive'), 's2 sees s1, s2 alive');
+  const s4 = startSerf(h4, 's4', { join: h2.addr });
+  const s4Ms = await waitFor(
+    () =>
+      allIn(serfMembers(h4), ['s1', 's2', 's4'], 'alive') &&
+      allIn(serfMembers(h1), ['s1', 's2', 's4'], 'alive'),
+    10_000,
+  );
+  t.ok(s4Ms >= 0, `a new serf agent joins the cluster afterwards (${s4Ms} ms)`);
+  t.notMatch(s4.log(), /Failed to join|push\/pull/i, 'no join or push/pull error in the new agent');
+  t.comment(
+    `plaintext: join seen by all ${joinMs} ms; serf kill -> dead at ours ${deadMs} ms; ours kill -> failed at serf ${failedMs} ms; new serf agent ${s4Ms} ms`,
+  );
+});
+
+t.test('encrypted (AES-256): join, then key rotation keeps everyone in', async (t) => {
+  const net = testnet(t, { hosts: 4 });
+  const [h1, h2, h3, h4] = net.hosts as [TestHost, TestHost, TestHost, TestHost];
+  const k1 = newKey();
+  const k2 = newKey();
+  const s1 = startSerf(h1, 's1', { key: k1 });
+  await waitFor(() => serfMembers(h1).length === 1, 5000);
+  const s2 = startSerf(h2, 's2', { key: k1, join: h1.addr });
+  const all = ['s1', 's2', 'o3'];
+
+  // (2) join with encryption.
+  const o3 = startOurs(h3, 'o3', { key: k1, join: [`${h1.addr}:7946`] });
+  const joinMs = await waitFor(
+    () =>
+      allIn(serfMembers(h1), all, 'alive') &&
+      allIn(serfMembers(h2), all, 'alive') &&
+      allIn(o3.members(), all, 'alive'),
+    15_000,
+  );
+  t.ok(joinMs >= 0, `encrypted: our node and serf list each other alive (${joinMs} ms)`);
+  t.match(s1.log(), /Encrypted: true/, 'serf runs encrypted');
+  const c0 = o3.status()?.counters as { badPackets: number } | undefined;
+  t.equal(c0?.badPackets, 0, 'no packet failed to decrypt');
+
+  // (6) rotation. Serf distributes keys with its own query protocol (serf user messages on
+  // top of memberlist), which our node does not answer; so serf's command reports 2 of 3
+  // nodes, and we rotate our node through its own keyring API at the same step.
+  const notAlive: string[] = [];
+  const watch = setInterval(() => {
+    for (const [n, st] of stateMap(o3.members()))
+      if (st !== 'alive') notAlive.push(`ours: ${n}=${st}`);
+    for (const [n, st] of stateMap(serfMembers(h2)))
+      if (st !== 'alive') notAlive.push(`s2: ${n}=${st}`);
+  }, 500);
+  t.teardown(() => clearInterval(watch));
+  for (const op of ['install', 'use', 'remove'] as const) {
+    const key = op === 'remove' ? k1 : k2;
+    const r = serfKeys(h1, op, key);
+    t.match(
+      r.out,
+      /2\/3 nodes reported success|Successfully/,
+      `serf keys -${op}: ${r.out.split('\n')[0]}`,
+    );
+    const ours = await o3.command({ op, key });
+    t.equal(ours.ok, true, `our keyring: ${op}`);
+    // Longer than serf's suspicion timeout at N=3 (4 s) plus a probe round: a node that could
+    // no longer decrypt would be suspected and declared failed in this window.
+    await sleep(op === 'remove' ? 9000 : 3000);
+  }
+  clearInterval(watch);
+  t.same(notAlive, [], 'nobody was ever seen suspect or failed during the rotation');
+  t.ok(allIn(serfMembers(h1), all, 'alive'), 'after rotation: s1 sees everyone alive');
+  t.ok(allIn(serfMembers(h2), all, 'alive'), 'after rotation: s2 sees everyone alive');
+  t.ok(allIn(o3.members(), all, 'alive'), 'after rotation: we see everyone alive');
+  t.notMatch(`${s1.log()}${s2.log()}`, /EventMemberFailed|Suspect o3/, 'serf never suspected us');
+  const keys = o3.status()?.keys as { keys: string[] } | undefined;
+  t.equal(keys?.keys.length, 1, 'our keyring holds only the new key');
+
+  // The old key is really gone from the cluster: a node with only k1 cannot join.
+  const o4 = startOurs(h4, 'o4', { key: k1, join: [`${h1.addr}:7946`] });
+  const refused = await waitFor(() => /"ev":"joined","contacted":0/.test(o4.log()), 15_000);
+  t.ok(refused >= 0, 'a node with only the removed key is refused');
+  t.notOk(stateMap(serfMembers(h1)).has('o4'), 'and serf never lists it');
+  t.comment(
+    `encrypted: join seen by all ${joinMs} ms; rotation install/use/remove with 0 suspicions`,
+  );
+});
