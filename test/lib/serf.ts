@@ -212,3 +212,92 @@ export function allIn(
   const m = stateMap(ms);
   return names.every((n) => m.get(n) === state);
 }
+
+/**
+ * Run inside a test host (`node -e`): garbage at a gossip node, then one valid TCP ping
+ * written a byte at a time. Prints one JSON line: what was sent and whether the ping's ack came
+ * back. Proves the node survives garbage and reassembles a stream from tiny segments.
+ */
+export async function abuse(host: string, port: number, target: string): Promise<void> {
+  const dgram = await import('node:dgram');
+  const net = await import('node:net');
+  const { encodeMessage, MessageType } = await import('../../src/gossip/wire.js');
+  const { sealStream, openStream } = await import('../../src/gossip/packet.js');
+  const { encodeStreamMessage, decodeStreamMessage } = await import('../../src/gossip/stream.js');
+  const udp = dgram.createSocket('udp4');
+  const ping = encodeMessage({
+    type: MessageType.ping,
+    body: { seqNo: 7, node: target, sourceAddr: new Uint8Array(0), sourcePort: 0, sourceNode: '' },
+  });
+  let sent = 0;
+  for (let i = 0; i < 2000; i++) {
+    let b: Buffer;
+    if (i % 2 === 0) {
+      b = randomBytes(i % 1400);
+    } else {
+      b = Buffer.from(ping);
+      for (let j = 0; j < 1 + (i % 4); j++) {
+        const k = (i * 7 + j * 13) % b.length;
+        b[k] = (b[k] ?? 0) ^ (1 << (i % 8));
+      }
+      if (i % 3 === 0) b = Buffer.concat([Buffer.from([7, 2, 0, 200, 0, 1]), b]);
+    }
+    await new Promise<void>((r) => udp.send(b, port, host, () => r()));
+    sent++;
+    // Paced so the receiver's socket buffer does not overflow: we want every packet decoded.
+    if (i % 50 === 49) await new Promise((r) => setTimeout(r, 10));
+  }
+  udp.close();
+  let tcpGarbage = 0;
+  for (let i = 0; i < 20; i++) {
+    await new Promise<void>((r) => {
+      const c = net.connect({ host, port }, () => c.end(randomBytes(1 + i * 50)));
+      c.on('error', () => r());
+      c.on('close', () => r());
+    });
+    tcpGarbage++;
+  }
+  const req = sealStream(
+    encodeStreamMessage({
+      type: MessageType.ping,
+      body: {
+        seqNo: 42,
+        node: target,
+        sourceAddr: new Uint8Array(0),
+        sourcePort: 0,
+        sourceNode: '',
+      },
+    }),
+  );
+  const ack = await new Promise<string>((resolve) => {
+    const c = net.connect({ host, port });
+    const chunks: Buffer[] = [];
+    const timer = setTimeout(() => {
+      c.destroy();
+      resolve('timeout');
+    }, 5000);
+    c.on('data', (d: Buffer) => chunks.push(d));
+    c.on('error', (e) => resolve(`error ${e.message}`));
+    c.on('close', () => {
+      clearTimeout(timer);
+      try {
+        const o = openStream(Buffer.concat(chunks));
+        const m = decodeStreamMessage(o.type, o.body);
+        resolve(m.type === MessageType.ackResp ? `ack ${m.body.seqNo}` : `type ${m.type}`);
+      } catch (e) {
+        resolve(`bad reply ${(e as Error).message}`);
+      }
+    });
+    c.on('connect', () => {
+      let i = 0;
+      const step = () => {
+        if (i >= req.length) return;
+        c.write(req.subarray(i, i + 1));
+        i++;
+        setTimeout(step, 2);
+      };
+      step();
+    });
+  });
+  process.stdout.write(`${JSON.stringify({ sent, tcpGarbage, ack })}\n`);
+}

@@ -1,0 +1,89 @@
+// Only our gossip-agents, each in its own namespace: a join converges, a killed node is
+// declared dead by all, a graceful leave is seen as left, garbage is counted and survived.
+import t from 'tap';
+import { fileURLToPath } from 'node:url';
+
+import { allIn, startOurs, stateMap, waitFor, type OurAgent } from '../lib/serf.js';
+import { testnet, type TestHost } from '../lib/testnet.js';
+
+if (process.getuid?.() !== 0) {
+  t.plan(0, 'gossip agents need root (they run in network namespaces)');
+  process.exit(0);
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+t.test('five of our nodes: join, crash, leave, garbage', async (t) => {
+  const net = testnet(t, { hosts: 5 });
+  const hosts = net.hosts;
+  const h1 = hosts[0] as TestHost;
+  const names = hosts.map((h) => `o${h.index}`);
+  const agents: OurAgent[] = [startOurs(h1, 'o1')];
+  await waitFor(() => agents[0]?.members().length === 1, 5000);
+  // Each joins an earlier one, so the cluster forms by gossip, not by a star.
+  for (const h of hosts.slice(1)) {
+    agents.push(startOurs(h, `o${h.index}`, { join: [`198.18.0.${h.index - 1}:7946`] }));
+  }
+  const joinMs = await waitFor(
+    () => agents.every((a) => allIn(a.members(), names, 'alive')),
+    15_000,
+  );
+  t.ok(joinMs >= 0, `all 5 list all 5 alive (${joinMs} ms after the last start)`);
+
+  // Garbage at o1 from o5's host, then a ping stream a byte at a time.
+  const lib = fileURLToPath(new URL('../lib/serf.js', import.meta.url));
+  const r = hosts[4]?.exec(
+    process.execPath,
+    [
+      '--input-type=module',
+      '-e',
+      `import(${JSON.stringify(lib)}).then((m) => m.abuse('${h1.addr}', 7946, 'o1'))`,
+    ],
+    { timeoutMs: 30_000 },
+  );
+  const res = JSON.parse(r?.stdout.trim() || '{}') as { sent?: number; ack?: string };
+  t.equal(res.sent, 2000, `2000 bad datagrams sent (${r?.stderr.trim() ?? ''})`);
+  t.equal(res.ack, 'ack 42', 'a TCP ping written one byte at a time is answered');
+  await sleep(1200); // the status file is rewritten every second
+  const c = (agents[0]?.status()?.counters ?? {}) as Record<
+    'badPackets' | 'badMessages' | 'badStreams' | 'packetsIn',
+    number
+  >;
+  t.ok(
+    c.badPackets > 0 && c.badPackets + c.badMessages >= 1000,
+    `garbage counted: ${c.badPackets} packets and ${c.badMessages} parts dropped of ${c.packetsIn} received, ${c.badStreams} streams`,
+  );
+  t.ok(c.badStreams >= 15, 'garbage streams counted');
+  t.equal(agents[0]?.proc.exitCode, null, 'o1 is still running');
+  t.ok(allIn(agents[1]?.members() ?? [], names, 'alive'), 'and everyone still sees everyone alive');
+
+  // Crash o5: the others must declare it dead.
+  agents[4]?.kill();
+  const rest = agents.slice(0, 4);
+  const deadMs = await waitFor(
+    () => rest.every((a) => stateMap(a.members()).get('o5') === 'dead'),
+    20_000,
+  );
+  t.ok(deadMs >= 0, `killed o5 declared dead by all 4 (${deadMs} ms)`);
+
+  // Graceful leave of o4: seen as left, not dead.
+  const o4 = agents[3] as OurAgent;
+  o4.proc.stdin?.write('{"op":"leave"}\n');
+  const leftMs = await waitFor(
+    () => agents.slice(0, 3).every((a) => stateMap(a.members()).get('o4') === 'left'),
+    10_000,
+  );
+  t.ok(leftMs >= 0, `o4's leave seen as left by all 3 (${leftMs} ms)`);
+  t.ok(
+    (await waitFor(() => o4.proc.exitCode !== null, 8000)) >= 0 && o4.proc.exitCode === 0,
+    'o4 exited 0 after leaving',
+  );
+  t.match(o4.log(), /"ev":"left","complete":true/, 'the leave broadcast completed');
+  t.ok(
+    agents.slice(0, 3).every((a) => allIn(a.members(), ['o1', 'o2', 'o3'], 'alive')),
+    'the rest are alive',
+  );
+  t.comment(
+    `ours only: join ${joinMs} ms, crash -> dead everywhere ${deadMs} ms, leave -> left ${leftMs} ms`,
+  );
+});
