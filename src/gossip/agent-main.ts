@@ -160,6 +160,14 @@ async function main(): Promise<number> {
     if (leave) out({ ev: 'left', complete: await ml.leave(5000) });
     writeStatus();
     await ml.shutdown();
+    rl.close();
+    // libuv frees closed handles on a later loop turn; look after that.
+    await new Promise((r) => setTimeout(r, 50));
+    // What is still open after shutdown: tests assert no socket or timer of ours is left.
+    const open = process
+      .getActiveResourcesInfo()
+      .filter((r) => r !== 'TTYWrap' && r !== 'PipeWrap' && r !== 'FSReqCallback');
+    out({ ev: 'exit', open, streams: ml.transport.openStreams });
     process.exit(code);
   };
   process.on('SIGINT', () => void exit(true, 0));

@@ -301,3 +301,26 @@ export async function abuse(host: string, port: number, target: string): Promise
   });
   process.stdout.write(`${JSON.stringify({ sent, tcpGarbage, ack })}\n`);
 }
+
+/**
+ * Run inside a test host: opens a stream to a gossip node, writes the first bytes of a message
+ * and stalls. Prints how long the node took to close it (its per-stream deadline), capped.
+ */
+export async function stall(host: string, port: number, capMs: number): Promise<void> {
+  const net = await import('node:net');
+  const t0 = Date.now();
+  const how = await new Promise<string>((resolve) => {
+    const c = net.connect({ host, port }, () => c.write(Buffer.from([0, 0x86])));
+    const timer = setTimeout(() => {
+      c.destroy();
+      resolve('still open');
+    }, capMs);
+    c.on('error', () => undefined);
+    c.on('close', () => {
+      clearTimeout(timer);
+      resolve('closed');
+    });
+    c.resume();
+  });
+  process.stdout.write(`${JSON.stringify({ how, ms: Date.now() - t0 })}\n`);
+}

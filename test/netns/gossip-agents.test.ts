@@ -57,6 +57,23 @@ t.test('five of our nodes: join, crash, leave, garbage', async (t) => {
   t.equal(agents[0]?.proc.exitCode, null, 'o1 is still running');
   t.ok(allIn(agents[1]?.members() ?? [], names, 'alive'), 'and everyone still sees everyone alive');
 
+  // Per-stream deadline: a half-written request is closed at tcpTimeout (LOCAL preset: 1 s).
+  const x = startOurs(hosts[4] as TestHost, 'x5', { port: 7947, extra: ['--preset', 'local'] });
+  await waitFor(() => x.members().length === 1, 5000);
+  const st = hosts[3]?.exec(
+    process.execPath,
+    [
+      '--input-type=module',
+      '-e',
+      `import(${JSON.stringify(lib)}).then((m) => m.stall('198.18.0.5', 7947, 8000))`,
+    ],
+    { timeoutMs: 15_000 },
+  );
+  const stalled = JSON.parse(st?.stdout.trim() || '{}') as { how?: string; ms?: number };
+  t.equal(stalled.how, 'closed', `a stalled inbound stream is closed (after ${stalled.ms} ms)`);
+  t.ok((stalled.ms ?? 0) >= 900 && (stalled.ms ?? 0) < 3000, 'at the 1 s stream deadline');
+  x.kill();
+
   // Crash o5: the others must declare it dead.
   agents[4]?.kill();
   const rest = agents.slice(0, 4);
@@ -79,6 +96,7 @@ t.test('five of our nodes: join, crash, leave, garbage', async (t) => {
     'o4 exited 0 after leaving',
   );
   t.match(o4.log(), /"ev":"left","complete":true/, 'the leave broadcast completed');
+  t.match(o4.log(), /"ev":"exit","open":\[\],"streams":0/, 'no socket or timer left open at exit');
   t.ok(
     agents.slice(0, 3).every((a) => allIn(a.members(), ['o1', 'o2', 'o3'], 'alive')),
     'the rest are alive',
