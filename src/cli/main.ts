@@ -1,34 +1,98 @@
 #!/usr/bin/env node
 /**
  * meshctl: the command-line client. Noun-verb commands (cluster, node, net, service, lb) arrive
- * with the issues that build them; today it answers --version and --help. Usage errors exit 2,
- * stdout carries only what was asked, errors go to stderr.
- * May import: util/ (and the daemon's API client, once it exists).
+ * with the issues that build them. stdout carries only what was asked; errors go to stderr;
+ * usage errors exit 2, failures 1.
+ * May import: util/, ./client.
  */
+import { MeshError, UsageError } from '../util/errors.js';
 import { VERSION } from '../util/version.js';
+import { call } from './client.js';
 
 const HELP = `meshctl — drive the Mesh networking daemon
 
-Usage:
-  meshctl --version     print the version
-  meshctl --help        print this help
+Usage: meshctl [--host SOCKET] COMMAND [--json]
 
-The cluster, node, net, service and lb commands are not implemented yet
-(see docs/cli.md for what is planned and what works today).
+Commands:
+  version        client and daemon versions
+  help           this help
+
+Global options:
+  --host SOCKET  meshd's API socket (default /run/meshd/meshd.sock, or MESH_HOST)
+  --json         machine-readable output (stable; fields are only ever added)
+  --version      print the client version
+  --help         print this help
+
+The cluster, node, net, service and lb commands are being built; see docs/cli.md.
 `;
 
-export function run(argv: readonly string[]): number {
-  const [first] = argv;
-  if (first === '--version' || first === '-v' || first === 'version') {
-    process.stdout.write(`meshctl ${VERSION}\n`);
-    return 0;
-  }
-  if (first === undefined || first === '--help' || first === '-h' || first === 'help') {
-    (first === undefined ? process.stderr : process.stdout).write(HELP);
-    return first === undefined ? 2 : 0;
-  }
-  process.stderr.write(`meshctl: unknown command ${JSON.stringify(first)}; see meshctl --help\n`);
-  return 2;
+interface Args {
+  host: string | undefined;
+  json: boolean;
+  words: string[];
 }
 
-process.exitCode = run(process.argv.slice(2));
+function parse(argv: readonly string[]): Args | 'help' | 'version' {
+  const a: Args = { host: undefined, json: false, words: [] };
+  for (let i = 0; i < argv.length; i++) {
+    const w = argv[i]!;
+    if (w === '--host') {
+      const v = argv[++i];
+      if (v === undefined) throw new UsageError('--host needs a socket path');
+      a.host = v;
+    } else if (w.startsWith('--host=')) a.host = w.slice(7);
+    else if (w === '--json') a.json = true;
+    else if (w === '--help' || w === '-h') return 'help';
+    else if (w === '--version' || w === '-v') return 'version';
+    else if (w.startsWith('-')) throw new UsageError(`unknown option ${JSON.stringify(w)}`);
+    else a.words.push(w);
+  }
+  return a;
+}
+
+async function version(a: Args): Promise<void> {
+  const server = await call<{ version: string; pid: number; uptimeMs: number }>(
+    a.host,
+    'GET',
+    '/v1/version',
+  );
+  if (a.json) {
+    process.stdout.write(JSON.stringify({ client: { version: VERSION }, server }) + '\n');
+  } else {
+    process.stdout.write(
+      `meshctl ${VERSION}\nmeshd   ${server.version} (pid ${server.pid}, up ${Math.round(server.uptimeMs / 1000)} s)\n`,
+    );
+  }
+}
+
+export async function run(argv: readonly string[]): Promise<number> {
+  try {
+    const a = parse(argv);
+    if (a === 'version') {
+      process.stdout.write(`meshctl ${VERSION}\n`);
+      return 0;
+    }
+    if (a === 'help' || a.words[0] === 'help') {
+      process.stdout.write(HELP);
+      return 0;
+    }
+    switch (a.words[0]) {
+      case 'version':
+        await version(a);
+        return 0;
+      case undefined:
+        throw new UsageError('no command given');
+      default:
+        throw new UsageError(`unknown command ${JSON.stringify(a.words[0])}`);
+    }
+  } catch (e) {
+    if (e instanceof UsageError) {
+      process.stderr.write(`meshctl: ${e.message}; see meshctl --help\n`);
+      return 2;
+    }
+    process.stderr.write(`meshctl: ${e instanceof MeshError ? e.message : String(e)}\n`);
+    return 1;
+  }
+}
+
+process.exitCode = await run(process.argv.slice(2));

@@ -1,38 +1,113 @@
 #!/usr/bin/env node
 /**
- * meshd: the per-node daemon. The agent, gossip and manager roles are wired in here by the
- * issues that build them; today it answers --version and --help and refuses to start, since
- * there is nothing yet for it to run. Usage errors exit 2.
- * May import: every layer (this is the one place that wires them together).
+ * meshd: the per-node daemon, and the one place that wires the layers together. Runs in the
+ * foreground (systemd's Type=simple), logs logfmt to stderr, stops cleanly on SIGTERM/SIGINT.
+ * Today it owns the data directory and serves the API socket; the gossip, overlay, load
+ * balancer and manager roles are added here as they are built. Usage errors exit 2.
+ * May import: every layer.
  */
+import { mkdirSync, openSync, readFileSync, rmSync, writeSync, closeSync } from 'node:fs';
+import { join } from 'node:path';
+import { MeshError } from '../util/errors.js';
+import { createLogger, setLogLevel } from '../util/log.js';
 import { VERSION } from '../util/version.js';
+import { ApiServer } from './api.js';
+import { USAGE, parseDaemonArgs, type DaemonConfig } from './config.js';
 
-const HELP = `meshd — the Mesh networking daemon (one per node, runs as root)
+const log = createLogger('meshd');
 
-Usage:
-  meshd --version     print the version
-  meshd --help        print this help
+/**
+ * Claim the data directory with a pid file: two daemons on one data dir would corrupt it.
+ * A pid file naming a process that is gone is taken over.
+ */
+function lockDataDir(dir: string): () => void {
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const pidFile = join(dir, 'meshd.pid');
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      const fd = openSync(pidFile, 'wx', 0o600);
+      writeSync(fd, `${process.pid}\n`);
+      closeSync(fd);
+      return () => rmSync(pidFile, { force: true });
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+      const pid = Number(readFileSync(pidFile, 'utf8').trim());
+      let alive: boolean;
+      try {
+        process.kill(pid, 0);
+        alive = pid > 0;
+      } catch (err) {
+        alive = (err as NodeJS.ErrnoException).code === 'EPERM';
+      }
+      if (alive) {
+        throw new MeshError(
+          'ECONFLICT',
+          `lock data dir ${dir}: in use by meshd pid ${pid}; stop it first or pick another --data-dir`,
+        );
+      }
+      rmSync(pidFile, { force: true }); // left by a crashed meshd
+    }
+  }
+  throw new MeshError('ECONFLICT', `lock data dir ${dir}: could not take over ${pidFile}`);
+}
 
-The daemon itself (gossip, overlay, load balancing, manager roles) is not
-implemented yet; see docs/ and the project's issues for the plan.
-`;
+async function serve(cfg: DaemonConfig): Promise<number> {
+  setLogLevel(cfg.logLevel);
+  const unlock = lockDataDir(cfg.dataDir);
+  const api = new ApiServer();
+  const started = Date.now();
+  api.route('GET', '/v1/version', () => ({
+    version: VERSION,
+    pid: process.pid,
+    uptimeMs: Date.now() - started,
+  }));
+  api.route('GET', '/v1/health', () => ({ ok: true }));
+  try {
+    await api.listen(cfg.socket);
+  } catch (e) {
+    unlock();
+    throw e;
+  }
+  log.info('started', { version: VERSION, dataDir: cfg.dataDir, advertise: cfg.advertiseAddr });
+  return new Promise<number>((resolve) => {
+    let stopping = false;
+    const stop = (sig: string): void => {
+      if (stopping) return;
+      stopping = true;
+      log.info('stopping', { signal: sig });
+      void api.close().then(() => {
+        unlock();
+        log.info('stopped');
+        resolve(0);
+      });
+    };
+    process.once('SIGTERM', () => stop('SIGTERM'));
+    process.once('SIGINT', () => stop('SIGINT'));
+  });
+}
 
-export function run(argv: readonly string[]): number {
-  const [first] = argv;
-  if (first === '--version' || first === '-v') {
+export async function run(argv: readonly string[]): Promise<number> {
+  let cfg;
+  try {
+    cfg = parseDaemonArgs(argv);
+  } catch (e) {
+    process.stderr.write(`meshd: ${(e as Error).message}; see meshd --help\n`);
+    return 2;
+  }
+  if (cfg === 'help') {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  if (cfg === 'version') {
     process.stdout.write(`meshd ${VERSION}\n`);
     return 0;
   }
-  if (first === '--help' || first === '-h') {
-    process.stdout.write(HELP);
-    return 0;
+  try {
+    return await serve(cfg);
+  } catch (e) {
+    process.stderr.write(`meshd: ${(e as Error).message}\n`);
+    return 1;
   }
-  process.stderr.write(
-    first === undefined
-      ? 'meshd: nothing to run yet: the daemon is not implemented in this version; see meshd --help\n'
-      : `meshd: unknown option ${JSON.stringify(first)}; see meshd --help\n`,
-  );
-  return 2;
 }
 
-process.exitCode = run(process.argv.slice(2));
+process.exitCode = await run(process.argv.slice(2));

@@ -1,0 +1,143 @@
+/**
+ * meshd's configuration: flags, defaults and validation. Every field says what it does and its
+ * default; validateConfig() names the bad field and how to fix it.
+ * May import: util/, node built-ins.
+ */
+import { parseArgs } from 'node:util';
+import { isIP } from 'node:net';
+import { UsageError } from '../util/errors.js';
+import { isLogLevel, type LogLevel } from '../util/log.js';
+
+export interface DaemonConfig {
+  /** Durable state (raft log, snapshots, certificates). @default /var/lib/mesh */
+  dataDir: string;
+  /** Address other nodes reach this one at (gossip, control, VXLAN). @default none: required to join or init */
+  advertiseAddr: string | undefined;
+  /** Manager control-plane listener (raft, dispatcher), `IP:PORT`. @default 0.0.0.0:2377 */
+  listenAddr: { host: string; port: number };
+  /** Gossip port, UDP and TCP. @default 7946 */
+  gossipPort: number;
+  /** VXLAN data-path port (UDP). @default 4789 */
+  dataPathPort: number;
+  /** API socket for meshctl; created mode 0600 (root only). @default /run/meshd/meshd.sock */
+  socket: string;
+  /** Lowest log level written. @default info (or MESH_LOG) */
+  logLevel: LogLevel;
+}
+
+export const DEFAULTS: Readonly<DaemonConfig> = Object.freeze({
+  dataDir: '/var/lib/mesh',
+  advertiseAddr: undefined,
+  listenAddr: Object.freeze({ host: '0.0.0.0', port: 2377 }),
+  gossipPort: 7946,
+  dataPathPort: 4789,
+  socket: '/run/meshd/meshd.sock',
+  logLevel: 'info',
+});
+
+export const USAGE = `meshd — the Mesh networking daemon (one per node, runs as root)
+
+Usage: meshd [options]
+
+Options:
+  --data-dir DIR          durable state (default ${DEFAULTS.dataDir})
+  --advertise-addr IP     address other nodes reach this one at
+  --listen-addr IP:PORT   manager control-plane listener (default 0.0.0.0:2377)
+  --gossip-port PORT      gossip, UDP and TCP (default 7946)
+  --data-path-port PORT   VXLAN, UDP (default 4789)
+  --socket PATH           API socket for meshctl (default ${DEFAULTS.socket})
+  --log-level LEVEL       debug|info|warn|error (default info, or MESH_LOG)
+  --version               print the version
+  --help                  print this help
+
+meshd runs in the foreground and stops cleanly on SIGTERM or SIGINT. Today it serves the
+API socket (version, health); the gossip, overlay, load-balancing and manager roles are
+being built (see docs/daemon.md).
+`;
+
+function port(field: string, v: string): number {
+  const n = Number(v);
+  if (!/^\d+$/.test(v) || n < 1 || n > 65535)
+    throw new UsageError(`${field} ${JSON.stringify(v)}: want a port 1..65535`);
+  return n;
+}
+
+/** Parse meshd's command line. Throws UsageError (exit 2) on anything wrong. */
+export function parseDaemonArgs(
+  argv: readonly string[],
+  env: NodeJS.ProcessEnv = process.env,
+): DaemonConfig | 'help' | 'version' {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: [...argv],
+      strict: true,
+      allowPositionals: false,
+      options: {
+        'data-dir': { type: 'string' },
+        'advertise-addr': { type: 'string' },
+        'listen-addr': { type: 'string' },
+        'gossip-port': { type: 'string' },
+        'data-path-port': { type: 'string' },
+        socket: { type: 'string' },
+        'log-level': { type: 'string' },
+        version: { type: 'boolean', short: 'v' },
+        help: { type: 'boolean', short: 'h' },
+      },
+    });
+  } catch (e) {
+    throw new UsageError((e as Error).message.replace(/^./, (c) => c.toLowerCase()));
+  }
+  const o = parsed.values;
+  if (o.help) return 'help';
+  if (o.version) return 'version';
+  const cfg: DaemonConfig = { ...DEFAULTS, listenAddr: { ...DEFAULTS.listenAddr } };
+  if (o['data-dir'] !== undefined) cfg.dataDir = o['data-dir'];
+  if (o['advertise-addr'] !== undefined) cfg.advertiseAddr = o['advertise-addr'];
+  if (o['listen-addr'] !== undefined) {
+    const m = /^(.*):(\d+)$/.exec(o['listen-addr']);
+    if (!m)
+      throw new UsageError(
+        `--listen-addr ${JSON.stringify(o['listen-addr'])}: want IP:PORT, e.g. 0.0.0.0:2377`,
+      );
+    cfg.listenAddr = {
+      host: m[1]!.replace(/^\[(.*)\]$/, '$1'),
+      port: port('--listen-addr', m[2]!),
+    };
+  }
+  if (o['gossip-port'] !== undefined) cfg.gossipPort = port('--gossip-port', o['gossip-port']);
+  if (o['data-path-port'] !== undefined)
+    cfg.dataPathPort = port('--data-path-port', o['data-path-port']);
+  if (o.socket !== undefined) cfg.socket = o.socket;
+  const level = o['log-level'] ?? env.MESH_LOG;
+  if (level !== undefined) {
+    if (!isLogLevel(level))
+      throw new UsageError(`--log-level ${JSON.stringify(level)}: want debug, info, warn or error`);
+    cfg.logLevel = level;
+  }
+  validateConfig(cfg);
+  return cfg;
+}
+
+/** Check a whole configuration; the error names the field and the fix. */
+export function validateConfig(c: DaemonConfig): void {
+  if (!c.dataDir.startsWith('/'))
+    throw new UsageError(`--data-dir ${JSON.stringify(c.dataDir)}: must be an absolute path`);
+  if (!c.socket.startsWith('/'))
+    throw new UsageError(`--socket ${JSON.stringify(c.socket)}: must be an absolute path`);
+  if (c.advertiseAddr !== undefined && isIP(c.advertiseAddr) === 0) {
+    throw new UsageError(
+      `--advertise-addr ${JSON.stringify(c.advertiseAddr)}: want an IP address this node is reachable at`,
+    );
+  }
+  if (isIP(c.listenAddr.host) === 0) {
+    throw new UsageError(
+      `--listen-addr host ${JSON.stringify(c.listenAddr.host)}: want an IP address (0.0.0.0 for all)`,
+    );
+  }
+  if (c.gossipPort === c.listenAddr.port) {
+    throw new UsageError(
+      `--gossip-port ${c.gossipPort}: clashes with --listen-addr's port; pick another`,
+    );
+  }
+}
