@@ -15,6 +15,8 @@ Usage: meshctl [--host SOCKET] COMMAND [--json]
 
 Commands:
   version        client and daemon versions
+  debug gossip   this node's view of gossip: members (address, state, incarnation,
+                 time since the last change), health score, keys, packet counters
   help           this help
 
 Global options:
@@ -65,6 +67,60 @@ async function version(a: Args): Promise<void> {
   }
 }
 
+interface GossipStatus {
+  name: string;
+  addr: string;
+  health: number;
+  incarnation: number;
+  keys: { primary: string | null; keys: string[] } | null;
+  members: Array<{
+    name: string;
+    addr: string;
+    state: string;
+    incarnation: number;
+    sinceMs: number;
+  }>;
+  counters: Record<string, number>;
+}
+
+/** Left-aligned columns, two spaces apart (like docker's tables). */
+function table(rows: string[][]): string {
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
+  return (
+    rows
+      .map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  '))
+      .join('\n') + '\n'
+  );
+}
+
+async function debugGossip(a: Args): Promise<void> {
+  const s = await call<GossipStatus>(a.host, 'GET', '/v1/debug/gossip');
+  if (a.json) {
+    process.stdout.write(JSON.stringify(s) + '\n');
+    return;
+  }
+  const rows = [['NAME', 'ADDRESS', 'STATE', 'INCARNATION', 'SINCE']];
+  for (const m of [...s.members].sort((x, y) => x.name.localeCompare(y.name))) {
+    rows.push([
+      m.name + (m.name === s.name ? ' (self)' : ''),
+      m.addr,
+      m.state,
+      String(m.incarnation),
+      `${(m.sinceMs / 1000).toFixed(1)}s`,
+    ]);
+  }
+  const keys = s.keys
+    ? `${s.keys.keys.length} installed, primary ${s.keys.primary ?? 'none'} (ids: ${s.keys.keys.join(', ')})`
+    : 'none (plaintext)';
+  const bad = Object.entries(s.counters)
+    .filter(([k, v]) => /bad|drop|error|invalid/i.test(k) && v > 0)
+    .map(([k, v]) => `${k}=${v}`);
+  process.stdout.write(
+    table(rows) +
+      `\nhealth: ${s.health} (0 is healthy)\nkeys: ${keys}\ndropped/bad: ${bad.length ? bad.join(' ') : 'none'}\n`,
+  );
+}
+
 export async function run(argv: readonly string[]): Promise<number> {
   try {
     const a = parse(argv);
@@ -79,6 +135,11 @@ export async function run(argv: readonly string[]): Promise<number> {
     switch (a.words[0]) {
       case 'version':
         await version(a);
+        return 0;
+      case 'debug':
+        if (a.words[1] !== 'gossip')
+          throw new UsageError(`debug ${a.words[1] ?? ''}: want \`meshctl debug gossip\``);
+        await debugGossip(a);
         return 0;
       case undefined:
         throw new UsageError('no command given');

@@ -5,6 +5,7 @@
  */
 import { parseArgs } from 'node:util';
 import { isIP } from 'node:net';
+import { hostname } from 'node:os';
 import { UsageError } from '../util/errors.js';
 import { isLogLevel, type LogLevel } from '../util/log.js';
 
@@ -23,6 +24,15 @@ export interface DaemonConfig {
   socket: string;
   /** Lowest log level written. @default info (or MESH_LOG) */
   logLevel: LogLevel;
+  /** This node's name in gossip; must be unique in the cluster. @default the host name */
+  nodeName: string;
+  /** Gossip seeds to join at start, `IP` or `IP:PORT` (PORT defaults to --gossip-port). @default none */
+  join: string[];
+  /**
+   * File of base64 gossip keys (16/24/32 bytes), one per line, the first being the primary.
+   * Until the managers hand out keys this is how an operator encrypts gossip. @default none
+   */
+  gossipKeyFile: string | undefined;
 }
 
 export const DEFAULTS: Readonly<DaemonConfig> = Object.freeze({
@@ -33,6 +43,9 @@ export const DEFAULTS: Readonly<DaemonConfig> = Object.freeze({
   dataPathPort: 4789,
   socket: '/run/meshd/meshd.sock',
   logLevel: 'info',
+  nodeName: hostname(),
+  join: Object.freeze([]) as unknown as string[],
+  gossipKeyFile: undefined,
 });
 
 export const USAGE = `meshd — the Mesh networking daemon (one per node, runs as root)
@@ -47,12 +60,16 @@ Options:
   --data-path-port PORT   VXLAN, UDP (default 4789)
   --socket PATH           API socket for meshctl (default ${DEFAULTS.socket})
   --log-level LEVEL       debug|info|warn|error (default info, or MESH_LOG)
+  --node-name NAME        name in gossip, unique in the cluster (default the host name)
+  --join IP[:PORT]        gossip seed to join at start (repeatable)
+  --gossip-key-file FILE  base64 gossip keys, one per line, first is primary
   --version               print the version
   --help                  print this help
 
-meshd runs in the foreground and stops cleanly on SIGTERM or SIGINT. Today it serves the
-API socket (version, health); the gossip, overlay, load-balancing and manager roles are
-being built (see docs/daemon.md).
+meshd runs in the foreground and stops cleanly on SIGTERM or SIGINT (leaving gossip
+gracefully). It serves the API socket; with --advertise-addr it also runs the gossip agent
+(memberlist-compatible, UDP+TCP --gossip-port). The overlay, load-balancing and manager
+roles are being built (see docs/daemon.md).
 `;
 
 function port(field: string, v: string): number {
@@ -81,6 +98,9 @@ export function parseDaemonArgs(
         'data-path-port': { type: 'string' },
         socket: { type: 'string' },
         'log-level': { type: 'string' },
+        'node-name': { type: 'string' },
+        join: { type: 'string', multiple: true },
+        'gossip-key-file': { type: 'string' },
         version: { type: 'boolean', short: 'v' },
         help: { type: 'boolean', short: 'h' },
       },
@@ -91,7 +111,7 @@ export function parseDaemonArgs(
   const o = parsed.values;
   if (o.help) return 'help';
   if (o.version) return 'version';
-  const cfg: DaemonConfig = { ...DEFAULTS, listenAddr: { ...DEFAULTS.listenAddr } };
+  const cfg: DaemonConfig = { ...DEFAULTS, listenAddr: { ...DEFAULTS.listenAddr }, join: [] };
   if (o['data-dir'] !== undefined) cfg.dataDir = o['data-dir'];
   if (o['advertise-addr'] !== undefined) cfg.advertiseAddr = o['advertise-addr'];
   if (o['listen-addr'] !== undefined) {
@@ -109,6 +129,9 @@ export function parseDaemonArgs(
   if (o['data-path-port'] !== undefined)
     cfg.dataPathPort = port('--data-path-port', o['data-path-port']);
   if (o.socket !== undefined) cfg.socket = o.socket;
+  if (o['node-name'] !== undefined) cfg.nodeName = o['node-name'];
+  if (o.join !== undefined) cfg.join = o.join;
+  if (o['gossip-key-file'] !== undefined) cfg.gossipKeyFile = o['gossip-key-file'];
   const level = o['log-level'] ?? env.MESH_LOG;
   if (level !== undefined) {
     if (!isLogLevel(level))
@@ -133,6 +156,26 @@ export function validateConfig(c: DaemonConfig): void {
   if (isIP(c.listenAddr.host) === 0) {
     throw new UsageError(
       `--listen-addr host ${JSON.stringify(c.listenAddr.host)}: want an IP address (0.0.0.0 for all)`,
+    );
+  }
+  if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(c.nodeName)) {
+    throw new UsageError(
+      `--node-name ${JSON.stringify(c.nodeName)}: use 1..63 letters, digits, '.', '_' or '-'`,
+    );
+  }
+  for (const j of c.join) {
+    const m = /^([^:]+)(?::(\d+))?$/.exec(j);
+    if (
+      !m ||
+      isIP(m[1]!) !== 4 ||
+      (m[2] !== undefined && (Number(m[2]) < 1 || Number(m[2]) > 65535))
+    ) {
+      throw new UsageError(`--join ${JSON.stringify(j)}: want IPv4[:PORT] of a node to join`);
+    }
+  }
+  if (c.join.length > 0 && c.advertiseAddr === undefined) {
+    throw new UsageError(
+      '--join needs --advertise-addr: the address gossip binds to and others reach this node at',
     );
   }
   if (c.gossipPort === c.listenAddr.port) {

@@ -13,6 +13,7 @@ import { createLogger, setLogLevel } from '../util/log.js';
 import { VERSION } from '../util/version.js';
 import { ApiServer } from './api.js';
 import { USAGE, parseDaemonArgs, type DaemonConfig } from './config.js';
+import { GossipRole } from './gossip.js';
 
 const log = createLogger('meshd');
 
@@ -62,9 +63,12 @@ async function serve(cfg: DaemonConfig): Promise<number> {
     uptimeMs: Date.now() - started,
   }));
   api.route('GET', '/v1/health', () => ({ ok: true }));
+  let gossip: GossipRole | undefined;
   try {
+    gossip = await GossipRole.start(cfg, api);
     await api.listen(cfg.socket);
   } catch (e) {
+    await gossip?.stop();
     unlock();
     throw e;
   }
@@ -75,11 +79,14 @@ async function serve(cfg: DaemonConfig): Promise<number> {
       if (stopping) return;
       stopping = true;
       log.info('stopping', { signal: sig });
-      void api.close().then(() => {
-        unlock();
-        log.info('stopped');
-        resolve(0);
-      });
+      void (gossip?.stop() ?? Promise.resolve())
+        .catch((e: unknown) => log.error('gossip stop failed', { err: e }))
+        .then(() => api.close())
+        .then(() => {
+          unlock();
+          log.info('stopped');
+          resolve(0);
+        });
     };
     process.once('SIGTERM', () => stop('SIGTERM'));
     process.once('SIGINT', () => stop('SIGINT'));
