@@ -41,23 +41,34 @@ t.test('plaintext: join, failure detection both ways, serf healthy after', async
   startSerf(h1, 's1');
   await waitFor(() => serfMembers(h1).length === 1, 5000);
   startSerf(h2, 's2', { join: h1.addr });
-  const s5 = startSerf(h5, 's5', { join: h1.addr });
   t.ok(
-    (await waitFor(() => allIn(serfMembers(h1), ['s1', 's2', 's5'], 'alive'), 10_000)) >= 0,
-    'serf cluster of 3 formed',
+    (await waitFor(() => allIn(serfMembers(h1), ['s1', 's2'], 'alive'), 10_000)) >= 0,
+    'serf cluster of 2 formed',
   );
 
-  // (1) our node joins through s1.
-  const all = ['s1', 's2', 's5', 'o3'];
+  // (1) our node joins through s1 (we are the push/pull client).
   const o3 = startOurs(h3, 'o3', { join: [`${h1.addr}:7946`] });
   const joinMs = await waitFor(
     () =>
-      allIn(serfMembers(h1), all, 'alive') &&
-      allIn(serfMembers(h2), all, 'alive') &&
-      allIn(o3.members(), all, 'alive'),
+      allIn(serfMembers(h1), ['s1', 's2', 'o3'], 'alive') &&
+      allIn(serfMembers(h2), ['s1', 's2', 'o3'], 'alive') &&
+      allIn(o3.members(), ['s1', 's2', 'o3'], 'alive'),
     15_000,
   );
   t.ok(joinMs >= 0, `our node and serf list each other alive (${joinMs} ms): ${views(h2, o3)}`);
+
+  // A serf agent joins through our node (we are the push/pull server, serf the client).
+  const all = ['s1', 's2', 's5', 'o3'];
+  const s5 = startSerf(h5, 's5', { join: h3.addr });
+  const viaMs = await waitFor(
+    () =>
+      allIn(serfMembers(h5), all, 'alive') &&
+      allIn(serfMembers(h1), all, 'alive') &&
+      allIn(o3.members(), all, 'alive'),
+    15_000,
+  );
+  t.ok(viaMs >= 0, `a serf agent joins through our node and everyone converges (${viaMs} ms)`);
+  t.notMatch(s5.log(), /Failed to join|push\/pull/i, 'no join or push/pull error in that agent');
   const serfView = serfMembers(h2).find((m) => m.name === 'o3') as unknown as {
     protocol?: { version: number };
   };
@@ -67,10 +78,8 @@ t.test('plaintext: join, failure detection both ways, serf healthy after', async
   s5.kill();
   const deadMs = await waitFor(() => stateMap(o3.members()).get('s5') === 'dead', 20_000);
   t.ok(deadMs >= 0, `killed serf agent declared dead by us (${deadMs} ms): ${views(h1, o3)}`);
-  t.ok(
-    (await waitFor(() => stateMap(serfMembers(h1)).get('s5') === 'failed', 10_000)) >= 0,
-    'and failed by serf',
-  );
+  const serfDeadMs = await waitFor(() => stateMap(serfMembers(h1)).get('s5') === 'failed', 10_000);
+  t.ok(serfDeadMs >= 0, `and failed by serf (s1, ${deadMs + serfDeadMs} ms after the kill)`);
 
   // (4) our node is killed: serf must mark it failed.
   o3.kill();
@@ -96,7 +105,7 @@ t.test('plaintext: join, failure detection both ways, serf healthy after', async
   t.ok(s4Ms >= 0, `a new serf agent joins the cluster afterwards (${s4Ms} ms)`);
   t.notMatch(s4.log(), /Failed to join|push\/pull/i, 'no join or push/pull error in the new agent');
   t.comment(
-    `plaintext: join seen by all ${joinMs} ms; serf kill -> dead at ours ${deadMs} ms; ours kill -> failed at serf ${failedMs} ms; new serf agent ${s4Ms} ms`,
+    `plaintext: join seen by all ${joinMs} ms; serf agent joining through us ${viaMs} ms; serf kill -> dead at ours ${deadMs} ms; ours kill -> failed at serf ${failedMs} ms; new serf agent ${s4Ms} ms`,
   );
 });
 
@@ -107,11 +116,15 @@ t.test('encrypted (AES-256): join, then key rotation keeps everyone in', async (
   const k2 = newKey();
   const s1 = startSerf(h1, 's1', { key: k1 });
   await waitFor(() => serfMembers(h1).length === 1, 5000);
-  const s2 = startSerf(h2, 's2', { key: k1, join: h1.addr });
   const all = ['s1', 's2', 'o3'];
 
-  // (2) join with encryption.
+  // (2) join with encryption: we join s1, then s2 joins through us (both push/pull roles).
   const o3 = startOurs(h3, 'o3', { key: k1, join: [`${h1.addr}:7946`] });
+  t.ok(
+    (await waitFor(() => allIn(serfMembers(h1), ['s1', 'o3'], 'alive'), 10_000)) >= 0,
+    'we joined s1',
+  );
+  const s2 = startSerf(h2, 's2', { key: k1, join: h3.addr });
   const joinMs = await waitFor(
     () =>
       allIn(serfMembers(h1), all, 'alive') &&
@@ -119,7 +132,8 @@ t.test('encrypted (AES-256): join, then key rotation keeps everyone in', async (
       allIn(o3.members(), all, 'alive'),
     15_000,
   );
-  t.ok(joinMs >= 0, `encrypted: our node and serf list each other alive (${joinMs} ms)`);
+  t.ok(joinMs >= 0, `encrypted: s2 joined through us, all alive everywhere (${joinMs} ms)`);
+  t.notMatch(s2.log(), /Failed to join|push\/pull/i, 'no join or push/pull error in s2');
   t.match(s1.log(), /Encrypted: true/, 'serf runs encrypted');
   const c0 = o3.status()?.counters as { badPackets: number } | undefined;
   t.equal(c0?.badPackets, 0, 'no packet failed to decrypt');
@@ -141,7 +155,7 @@ t.test('encrypted (AES-256): join, then key rotation keeps everyone in', async (
     t.match(
       r.out,
       /2\/3 nodes reported success|Successfully/,
-      `serf keys -${op}: ${r.out.split('\n')[0]}`,
+      `serf keys -${op}: ${r.out.replace(/\s*\n\s*/g, ' / ')}`,
     );
     const ours = await o3.command({ op, key });
     t.equal(ours.ok, true, `our keyring: ${op}`);
