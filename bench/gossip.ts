@@ -126,7 +126,7 @@ async function waitAll(
   const t0 = Date.now();
   for (;;) {
     const times = observers.map((o) => side.seen(o, subject, kind));
-    if (times.every((x) => x !== undefined)) return Math.max(...(times as number[]));
+    if (times.every((x) => x !== undefined)) return Math.max(...times);
     if (Date.now() - t0 > limitMs)
       throw new Error(`${subject} not seen ${kind} by all of ${observers.length} in ${limitMs} ms`);
     await new Promise((r) => setTimeout(r, 50));
