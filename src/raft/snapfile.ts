@@ -13,7 +13,7 @@
  * src/util/errors.ts.
  */
 
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { MeshError } from '../util/errors.js';
 import { crc32c } from './crc32c.js';
 import type { Snapshot } from './types.js';
@@ -122,6 +122,7 @@ export class SnapshotStore {
   /** Open `dir` (created if needed), removing leftover temp files. */
   static async open(dir: string, fs: WalFs = nodeFs): Promise<SnapshotStore> {
     await fs.mkdir(dir);
+    await fs.syncDir(dirname(dir));
     for (const n of await fs.readdir(dir)) {
       if (n.endsWith('.snap.tmp')) await fs.unlink(join(dir, n));
     }

@@ -32,7 +32,7 @@
  */
 
 import * as fsp from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { MeshError, invariant } from '../util/errors.js';
 import { crc32c } from './crc32c.js';
@@ -381,7 +381,7 @@ export class Wal {
   private fh: WalFile;
   private size: number;
   private queue: Pending[] = [];
-  private flushing = false;
+  private flushing: Promise<void> | null = null;
   private failed: WalFailedError | null = null;
   private closed = false;
   private ioSince = 0;
@@ -417,6 +417,8 @@ export class Wal {
   static async open(dir: string, opts: WalOptions = {}): Promise<{ wal: Wal; state: WalState }> {
     const fs = opts.fs ?? nodeFs;
     await fs.mkdir(dir);
+    // The directory's own entry must be durable before anything in it is relied on.
+    await fs.syncDir(dirname(dir));
     const names = await fs.readdir(dir);
     const segs: Segment[] = [];
     for (const n of names) {
@@ -543,10 +545,7 @@ export class Wal {
     const buf = encodeRecords(records);
     return new Promise<void>((resolve, reject) => {
       this.queue.push({ buf, records, sync, resolve, reject });
-      if (!this.flushing) {
-        this.flushing = true;
-        void this.flushLoop();
-      }
+      this.flushing ??= this.flushLoop();
     });
   }
 
@@ -595,7 +594,7 @@ export class Wal {
         break;
       }
     }
-    this.flushing = false;
+    this.flushing = null;
   }
 
   private async rotate(): Promise<void> {
@@ -670,8 +669,8 @@ export class Wal {
   /** Wait for queued appends, then close the current segment. */
   async close(): Promise<void> {
     if (this.closed) return;
-    for (let i = 0; i < 1000 && this.flushing; i++) await new Promise((r) => setImmediate(r));
     this.closed = true;
+    while (this.flushing !== null) await this.flushing;
     await this.fh.close();
   }
 }

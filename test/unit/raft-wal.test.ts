@@ -198,8 +198,12 @@ t.test('corruption in a non-last segment is refused with file and offset', async
   rmSync(path);
   await t.rejects(Wal.open(dir), { code: 'EWAL_CORRUPT', message: /segment \d+ is missing/ });
   writeFileSync(path, good);
+  // A crash while creating the next segment leaves a temp file: it is removed, not replayed.
+  const tmp = `${segs[segs.length - 1]!.replace(/^[0-9a-f]{16}/, (x) => (parseInt(x, 16) + 1).toString(16).padStart(16, '0'))}.tmp`;
+  writeFileSync(join(dir, tmp), 'half a header');
   const ok = await Wal.open(dir);
   t.equal(ok.state.entries.length, 40);
+  t.notOk(readdirSync(dir).includes(tmp), 'temp segment removed');
   await ok.wal.close();
 });
 
