@@ -361,3 +361,51 @@ t.test('a gap in the log (lost middle records) is refused', async (t) => {
     message: /entry 3 follows entry 1 with a gap/,
   });
 });
+
+t.test('a one-voter RawNode runs on DiskStorage and restarts from it', async (t) => {
+  const { RawNode, raftConfig, SeededRandom, StateRole } = await import('../../src/raft/index.js');
+  const dir = freshDir();
+  const applied: string[] = [];
+  /** Drive the node until it has nothing more to do (bounded). */
+  const drain = async (node: InstanceType<typeof RawNode>, s: DiskStorage): Promise<void> => {
+    for (let i = 0; i < 100 && node.hasReady(); i++) {
+      const r = node.ready();
+      await s.save(r);
+      for (const e of r.committedEntries) {
+        if (e.data.length > 0) applied.push(new TextDecoder().decode(e.data));
+      }
+      node.advance(r);
+    }
+  };
+  let s = await DiskStorage.open(dir, { bootstrapVoters: [1] });
+  let node = new RawNode(raftConfig(1), s, new SeededRandom(1));
+  node.campaign();
+  await drain(node, s);
+  t.equal(node.status().role, StateRole.Leader);
+  for (let i = 0; i < 20; i++) {
+    node.propose(new TextEncoder().encode(`w${i}`));
+    await drain(node, s);
+  }
+  t.equal(applied.length, 20);
+  await s.createSnapshot(
+    s.initialState().hardState.commit,
+    { voters: [1], learners: [], removed: [] },
+    new Uint8Array([42]),
+  );
+  const last = s.lastIndex();
+  await s.close();
+
+  s = await DiskStorage.open(dir);
+  t.equal(s.lastIndex(), last, 'log survives');
+  t.equal(s.initialState().hardState.commit, last, 'commit survives');
+  t.equal(s.snapshot().metadata.index, last, 'snapshot survives');
+  node = new RawNode(raftConfig(1, { applied: last }), s, new SeededRandom(2));
+  node.campaign();
+  await drain(node, s);
+  t.equal(node.status().role, StateRole.Leader, 'leader again after restart');
+  t.ok(s.initialState().hardState.term >= 2, 'a new term');
+  node.propose(new TextEncoder().encode('after'));
+  await drain(node, s);
+  t.equal(applied[applied.length - 1], 'after');
+  await s.close();
+});
