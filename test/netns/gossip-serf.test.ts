@@ -87,7 +87,7 @@ t.test('plaintext: join, failure detection both ways, serf healthy after', async
     () =>
       stateMap(serfMembers(h1)).get('o3') === 'failed' &&
       stateMap(serfMembers(h2)).get('o3') === 'failed',
-    20_000,
+    30_000,
   );
   t.ok(failedMs >= 0, `killed node of ours marked failed by both serf agents (${failedMs} ms)`);
 
