@@ -15,8 +15,9 @@
  * May import node:* and the gossip modules.
  */
 
-import { renameSync, writeFileSync } from 'node:fs';
+import { realpathSync, renameSync, writeFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
 
 import { MeshError, UsageError } from '../util/errors.js';
 import { LAN_CONFIG, LOCAL_CONFIG, WAN_CONFIG, type SwimConfig } from './config.js';
@@ -229,7 +230,11 @@ async function main(): Promise<number> {
   return 0;
 }
 
-main().catch((e: unknown) => {
-  process.stderr.write(`gossip-agent: ${(e as Error).message}\n`);
-  process.exit(e instanceof MeshError && e.code === 'EUSAGE' ? 2 : 1);
-});
+// Run only as a program, so tests can import parseArgs.
+const entry = process.argv[1];
+if (entry !== undefined && realpathSync(entry) === fileURLToPath(import.meta.url)) {
+  main().catch((e: unknown) => {
+    process.stderr.write(`gossip-agent: ${(e as Error).message}\n`);
+    process.exit(e instanceof MeshError && e.code === 'EUSAGE' ? 2 : 1);
+  });
+}

@@ -22,6 +22,8 @@ export interface TransportOptions {
   bindAddr: string;
   /** Port for both UDP and TCP; 0 picks a free TCP port and binds UDP to the same. @default 7946 */
   port?: number;
+  /** Open inbound connections allowed at once; more are refused by the kernel-side close. @default 1024 */
+  maxConnections?: number;
 }
 
 export interface TransportHandlers {
@@ -99,6 +101,9 @@ export class Transport {
       );
     }
     const tcp = createServer({ noDelay: true });
+    // A flood of idle connections must not exhaust file descriptors; each one also ends at
+    // its read deadline (tcpTimeout).
+    tcp.maxConnections = opts.maxConnections ?? 1024;
     const bindErr = (what: string, e: unknown) =>
       new MeshError(
         'EGOSSIP',
