@@ -289,9 +289,11 @@ class Replay {
         throw new ReplayError(`entry ${e.index} follows entry ${last} with a gap`);
       if (e.index < first.index) {
         if (e.index <= this.snapIndex()) return;
-        throw new ReplayError(
-          `entry ${e.index} rewrites below the first retained entry ${first.index}`,
-        );
+        // The first kept segment after a release may hold entries that a later suffix
+        // overwrite replaced from below its start; what lies below is checked by finish().
+        this.entries = [e];
+        this.lastIndex = e.index;
+        return;
       }
       this.entries.length = e.index - first.index;
       this.entries.push(e);
@@ -322,10 +324,13 @@ class Replay {
     if (this.snapshot !== null && index <= this.snapshot.index) return;
     this.snapshot = { index, term };
     const first = this.entries[0];
-    // A snapshot taken locally covers entries we hold (keep them, the retained tail); one
-    // received from the leader replaced a log that did not contain its last entry.
-    const held = first !== undefined ? this.entries[index - first.index] : undefined;
-    if (held === undefined || held.term !== term) this.entries = [];
+    // A snapshot taken locally covers entries we hold or held (keep them: the retained tail,
+    // or entries above a snapshot below the first kept segment); one received from the leader
+    // replaced a log that did not hold its last entry.
+    if (first !== undefined && index >= first.index) {
+      const held = this.entries[index - first.index];
+      if (held === undefined || held.term !== term) this.entries = [];
+    }
     this.lastIndex = Math.max(this.lastIndex, index);
   }
 }
