@@ -234,7 +234,8 @@ async function main(): Promise<number> {
 const entry = process.argv[1];
 if (entry !== undefined && realpathSync(entry) === fileURLToPath(import.meta.url)) {
   main().catch((e: unknown) => {
-    process.stderr.write(`gossip-agent: ${(e as Error).message}\n`);
+    const m = (e as Error).message;
+    process.stderr.write(`${m.startsWith('gossip-agent') ? m : `gossip-agent: ${m}`}\n`);
     process.exit(e instanceof MeshError && e.code === 'EUSAGE' ? 2 : 1);
   });
 }
