@@ -177,7 +177,24 @@ t.test('encrypted (AES-256): join, then key rotation keeps everyone in', async (
   const refused = await waitFor(() => /"ev":"joined","contacted":0/.test(o4.log()), 15_000);
   t.ok(refused >= 0, 'a node with only the removed key is refused');
   t.notOk(stateMap(serfMembers(h1)).has('o4'), 'and serf never lists it');
+  o4.kill();
+
+  // Graceful leaves both ways. serf's leave (SIGINT: leave intent + memberlist leave) is `left`
+  // for us; ours is a memberlist leave only, which serf shows as failed, since serf's `left`
+  // needs its own leave intent (a serf message we do not send).
+  s2.proc.kill('SIGINT');
+  const serfLeftMs = await waitFor(() => stateMap(o3.members()).get('s2') === 'left', 10_000);
+  t.ok(serfLeftMs >= 0, `serf agent's graceful leave is 'left' at our node (${serfLeftMs} ms)`);
+  o3.proc.stdin?.write('{"op":"leave"}\n');
+  const oursLeftMs = await waitFor(() => {
+    const st = stateMap(serfMembers(h1)).get('o3');
+    return st !== undefined && st !== 'alive';
+  }, 10_000);
+  const shown = stateMap(serfMembers(h1)).get('o3');
+  t.ok(oursLeftMs >= 0, `our graceful leave reaches serf in ${oursLeftMs} ms (shown as ${shown})`);
+  await waitFor(() => o3.proc.exitCode !== null, 8000);
+  t.match(o3.log(), /"ev":"left","complete":true/, 'our leave broadcast completed');
   t.comment(
-    `encrypted: join seen by all ${joinMs} ms; rotation install/use/remove with 0 suspicions`,
+    `encrypted: join seen by all ${joinMs} ms; rotation install/use/remove with 0 suspicions; serf leave -> left at ours ${serfLeftMs} ms; our leave -> ${shown} at serf ${oursLeftMs} ms`,
   );
 });
