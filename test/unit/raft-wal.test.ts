@@ -49,12 +49,15 @@ const HS = (term: number, vote: number, commit: number): WalRecord => ({
 /** nodeFs with counters and an optional gate in front of every segment datasync. */
 function instrumentedFs(): WalFs & {
   datasyncs: number;
+  /** fdatasync calls started (counted before the gate). */
+  entered: number;
   gate: Promise<void> | null;
   failSync: boolean;
 } {
   const fs = {
     ...nodeFs,
     datasyncs: 0,
+    entered: 0,
     gate: null as Promise<void> | null,
     failSync: false,
     open: async (p: string, flags: string): Promise<WalFile> => {
@@ -64,6 +67,7 @@ function instrumentedFs(): WalFs & {
         truncate: (n) => fh.truncate(n),
         close: () => fh.close(),
         datasync: async () => {
+          fs.entered++;
           if (fs.gate !== null && p.includes('.wal')) await fs.gate;
           if (fs.failSync && p.includes('.wal')) throw new Error('EIO: i/o error');
           fs.datasyncs++;
@@ -323,6 +327,9 @@ t.test('durability order: append resolves only after fdatasync; stalls are visib
   fs.gate = new Promise((r) => (release = r));
   let done = false;
   const p = wal.append([E(ent(1, 1)), HS(1, 1, 0)]).then(() => (done = true));
+  // Wait (bounded) until the write is done and the fdatasync has started and is held.
+  for (let i = 0; i < 2000 && fs.entered < 2; i++) await new Promise((r) => setImmediate(r));
+  t.equal(fs.entered, 2, 'the fdatasync started');
   for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
   t.equal(done, false, 'not resolved while fdatasync is pending');
   t.equal(fs.datasyncs, 1, 'only the segment creation synced so far');
