@@ -380,45 +380,28 @@ export const kvModel: Model<string | null, KvInput, KvOutput> = {
   },
   key: (s) => (s === null ? '\u0000' : s),
   wellFormed(sub, original) {
-    // Dropping gets and failed swaps only removes constraints. Dropping a write W is safe when
-    // every value still observed keeps its writer (values must be unique per write, as
-    // Jepsen's generators make them) and every failed swap F that W might explain (F returned
-    // after W's call) is shielded by a kept write that certainly ran between them (called after
-    // W returned, returned before F was called).
-    if (unwritten(sub) !== null) return false;
-    const kept = new Set(sub);
-    const failedSwaps = sub.filter(
-      (o) => o.input.op === 'cas' && o.ret !== undefined && o.output === false,
-    );
-    if (failedSwaps.length === 0) return true;
-    const definite = sub.filter(
-      (o) =>
-        o.ret !== undefined &&
-        (o.input.op === 'put' || (o.input.op === 'cas' && o.output === true)),
-    );
-    const barrier = failedSwaps.map((f) => {
-      let b = -Infinity;
-      for (const w of definite) if (w.ret! < f.call) b = Math.max(b, w.call);
-      return { f, b };
-    });
-    for (const w of original) {
-      if (w.input.op === 'get' || kept.has(w)) continue;
-      const wRet = w.ret ?? Infinity;
-      for (const { f, b } of barrier) if (f.ret! >= w.call && !(wRet < b)) return false;
-    }
-    return true;
+    return unwritten(sub) === null && unshieldedWrites(sub, original).length === 0;
   },
   support(sub, all) {
-    const need = new Set<string | null>();
-    for (const o of sub) {
-      if (o.input.op === 'get' && o.ret !== undefined) need.add(o.output as string | null);
-      if (o.input.op === 'cas' && o.output === true) need.add(o.input.expect);
+    // Add the writers of the values read, then the writes a kept failed swap may depend on,
+    // a few rounds (each round can only add operations).
+    let cur = sub;
+    for (let round = 0; round < 4; round++) {
+      const need = new Set<string | null>();
+      for (const o of cur) {
+        if (o.input.op === 'get' && o.ret !== undefined) need.add(o.output as string | null);
+        if (o.input.op === 'cas' && o.output === true) need.add(o.input.expect);
+      }
+      const have = new Set(cur);
+      const extra = all.filter(
+        (o) => !have.has(o) && o.input.op !== 'get' && need.has(o.input.value),
+      );
+      const more = [...cur, ...extra];
+      const shield = unshieldedWrites(more, all);
+      if (extra.length === 0 && shield.length === 0) break;
+      cur = [...more, ...shield];
     }
-    const have = new Set(sub);
-    const extra = all.filter(
-      (o) => !have.has(o) && o.input.op !== 'get' && need.has(o.input.value),
-    );
-    return [...sub, ...extra].sort((a, b) => a.call - b.call);
+    return [...cur].sort((a, b) => a.call - b.call);
   },
   readOnly: (o) =>
     o.input.op === 'get' || (o.input.op === 'cas' && o.ret !== undefined && o.output === false),
@@ -471,6 +454,39 @@ function dropUnobservedPending(ops: KvOp[]): KvOp[] {
  * read returned, or of a value that a later write certainly replaced before the read began
  * (null included: there are no deletes).
  */
+/**
+ * Writes of `original` missing from `sub` that a failed swap kept in `sub` may depend on.
+ * Dropping gets and failed swaps only removes constraints. Dropping a write W is safe when
+ * every value still observed keeps its writer (checked by `unwritten`; values must be unique
+ * per write, as Jepsen's generators make them) and every failed swap F that W might explain
+ * (F returned after W's call) is shielded by a kept write that certainly ran between them
+ * (called after W returned, returned before F was called).
+ */
+function unshieldedWrites(sub: KvOp[], original: KvOp[]): KvOp[] {
+  const failedSwaps = sub.filter(
+    (o) => o.input.op === 'cas' && o.ret !== undefined && o.output === false,
+  );
+  if (failedSwaps.length === 0) return [];
+  const kept = new Set(sub);
+  const definite = sub.filter(
+    (o) =>
+      o.ret !== undefined && (o.input.op === 'put' || (o.input.op === 'cas' && o.output === true)),
+  );
+  const barrier = failedSwaps.map((f) => {
+    let b = -Infinity;
+    for (const w of definite) if (w.ret! < f.call) b = Math.max(b, w.call);
+    return { f, b };
+  });
+  const out: KvOp[] = [];
+  for (const w of original) {
+    if (w.input.op === 'get' || kept.has(w)) continue;
+    if (w.input.op === 'cas' && w.ret !== undefined && w.output === false) continue;
+    const wRet = w.ret ?? Infinity;
+    if (barrier.some(({ f, b }) => f.ret! >= w.call && !(wRet < b))) out.push(w);
+  }
+  return out;
+}
+
 /** A read (or successful swap) of a value that no operation wrote, if any. */
 function unwritten(ops: KvOp[]): KvOp | null {
   const written = new Set<string | null>([null]);
