@@ -337,3 +337,76 @@ t.test('random register histories pass; one perturbed read usually fails', async
       `slowest search without shortcuts ${searchMaxMs.toFixed(1)} ms`,
   );
 });
+
+/** Brute force: some subset of the pending operations plus all completed ones, in some order
+ * that respects real time, replays through the model. Only for a handful of operations. */
+function bruteForce(h: KvOp[]): boolean {
+  const done = h.filter(
+    (o) => o.ret !== undefined && !(o.input.op === 'get' && o.ret === undefined),
+  );
+  const pend = h.filter((o) => o.ret === undefined);
+  const tryOrder = (ops: KvOp[]): boolean => {
+    const used = new Array<boolean>(ops.length).fill(false);
+    const rec = (state: string | null, k: number): boolean => {
+      if (k === ops.length) return true;
+      for (let i = 0; i < ops.length; i++) {
+        if (used[i]) continue;
+        const o = ops[i]!;
+        // Every unused operation that returned before o was called must come first.
+        if (ops.some((p, j) => !used[j] && j !== i && p.ret !== undefined && p.ret < o.call))
+          continue;
+        const next = kvModel.step(state, o.input, o.ret === undefined ? undefined : o.output);
+        if (next === undefined) continue;
+        used[i] = true;
+        if (rec(next, k + 1)) return true;
+        used[i] = false;
+      }
+      return false;
+    };
+    return rec(null, 0);
+  };
+  for (let mask = 0; mask < 1 << pend.length; mask++) {
+    const chosen = pend.filter((_, i) => (mask >> i) & 1);
+    if (tryOrder([...done, ...chosen])) return true;
+  }
+  return false;
+}
+
+t.test('agrees with brute force on small random histories', async (t) => {
+  const r = rng(2024);
+  let legal = 0;
+  let illegal = 0;
+  for (let n = 0; n < 3000; n++) {
+    const unique = n % 2 === 0;
+    const size = 2 + Math.floor(r() * 5);
+    const vals = ['a', 'b', 'c'];
+    const h: KvOp[] = [];
+    for (let i = 0; i < size; i++) {
+      const call = Math.floor(r() * 10);
+      const ret = r() < 0.15 ? undefined : call + Math.floor(r() * 6);
+      const value = unique ? `v${i}` : vals[Math.floor(r() * 3)]!;
+      const seen =
+        r() < 0.2 ? null : unique ? `v${Math.floor(r() * size)}` : vals[Math.floor(r() * 3)]!;
+      const x = r();
+      if (x < 0.45) h.push(get(i, call, ret, 'k', seen));
+      else if (x < 0.8) h.push(put(i, call, ret, 'k', value));
+      else h.push(cas(i, call, ret, 'k', seen, value, ret === undefined ? undefined : r() < 0.5));
+    }
+    const want = bruteForce(h);
+    const got = check(h);
+    if (want) legal++;
+    else illegal++;
+    if (got.result !== (want ? 'ok' : 'illegal')) {
+      t.fail(
+        `history ${n}: checker ${got.result}, brute force ${want ? 'ok' : 'illegal'}: ${JSON.stringify(h)}`,
+      );
+      break;
+    }
+    // A shrunk explanation must itself be illegal by brute force.
+    if (got.result === 'illegal' && bruteForce(got.ops)) {
+      t.fail(`history ${n}: explanation is linearizable: ${JSON.stringify(got.ops)}`);
+      break;
+    }
+  }
+  t.ok(legal > 300 && illegal > 300, `${legal} legal, ${illegal} illegal`);
+});
