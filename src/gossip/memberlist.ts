@@ -314,7 +314,7 @@ export class Memberlist extends EventEmitter {
     incarnation: number;
     keys: { primary: string | null; keys: string[] } | null;
     members: MemberView[];
-    counters: DriverCounters & TransportCounters & Swim['counters'];
+    counters: DriverCounters & TransportCounters & Swim['counters'] & { openStreams: number };
   } {
     return {
       name: this.name,
@@ -323,7 +323,12 @@ export class Memberlist extends EventEmitter {
       incarnation: this.core.localIncarnation,
       keys: this.keyring ? this.keyring.ids() : null,
       members: this.members(),
-      counters: { ...this.core.counters, ...this.transport.counters, ...this.counters },
+      counters: {
+        ...this.core.counters,
+        ...this.transport.counters,
+        ...this.counters,
+        openStreams: this.transport.openStreams,
+      },
     };
   }
 
@@ -401,6 +406,7 @@ export class Memberlist extends EventEmitter {
         } else {
           sock.end();
         }
+        this.lingerClose(sock);
         this.pump();
       },
       () => {
@@ -408,6 +414,18 @@ export class Memberlist extends EventEmitter {
         sock.destroy();
       },
     );
+  }
+
+  /**
+   * After our reply: keep reading (and discarding) so the peer's FIN is seen and the socket
+   * closes, and destroy it anyway at tcpTimeout if the peer never closes (memberlist closes
+   * the connection once it has answered).
+   */
+  private lingerClose(sock: Socket): void {
+    if (sock.destroyed) return;
+    const t = setTimeout(() => sock.destroy(), this.cfg.tcpTimeout);
+    sock.once('close', () => clearTimeout(t));
+    sock.resume();
   }
 
   private sealStreamMessage(m: StreamMessage): Uint8Array {

@@ -56,6 +56,11 @@ t.test('five of our nodes: join, garbage, crash, leave, partition', async (t) =>
   );
   t.ok(c.badStreams >= 15, 'garbage streams counted');
   t.equal(agents[0]?.proc.exitCode, null, 'o1 is still running');
+  const idleMs = await waitFor(
+    () => (agents[0]?.status()?.counters as { openStreams?: number }).openStreams === 0,
+    5000,
+  );
+  t.ok(idleMs >= 0, `no connection left open at o1 afterwards (${idleMs} ms)`);
   t.ok(allIn(agents[1]?.members() ?? [], names, 'alive'), 'and everyone still sees everyone alive');
 
   // Per-stream deadline: a half-written request is closed at tcpTimeout (LOCAL preset: 1 s).

@@ -69,6 +69,11 @@ t.test('plaintext: join, failure detection both ways, serf healthy after', async
   );
   t.ok(viaMs >= 0, `a serf agent joins through our node and everyone converges (${viaMs} ms)`);
   t.notMatch(s5.log(), /Failed to join|push\/pull/i, 'no join or push/pull error in that agent');
+  const closedMs = await waitFor(
+    () => (o3.status()?.counters as { openStreams?: number }).openStreams === 0,
+    5000,
+  );
+  t.ok(closedMs >= 0, 'the push/pull connection serf opened to us is closed afterwards');
   const serfView = serfMembers(h2).find((m) => m.name === 'o3') as unknown as {
     protocol?: { version: number };
   };
