@@ -647,8 +647,12 @@ export class Wal {
       .map((name) => ({ name, m: SEGMENT_RE.exec(name) }))
       .filter((x) => x.m !== null && !keep.has(x.name) && parseInt(x.m[1]!, 16) < first)
       .sort((a, b) => (a.name < b.name ? -1 : 1));
-    for (const d of doomed) await this.fs.unlink(join(this.dir, d.name));
-    await this.fs.syncDir(this.dir);
+    // One directory fsync per removal: whatever order the file system persists unsynced
+    // removals in, a crash never leaves a hole in the sequence (compaction is rare).
+    for (const d of doomed) {
+      await this.fs.unlink(join(this.dir, d.name));
+      await this.fs.syncDir(this.dir);
+    }
     return n;
   }
 
