@@ -17,7 +17,7 @@ import { dirname, join } from 'node:path';
 import { MeshError } from '../util/errors.js';
 import { crc32c } from './crc32c.js';
 import type { Snapshot } from './types.js';
-import { nodeFs, type WalFs } from './wal.js';
+import { get64, nodeFs, put64, type WalFs } from './wal.js';
 
 const MAGIC = 0x504e534d;
 const VERSION = 1;
@@ -35,15 +35,6 @@ export class SnapshotCorruptError extends MeshError {
 
 export function snapName(index: number, term: number): string {
   return `${index.toString(16).padStart(16, '0')}-${term.toString(16).padStart(16, '0')}.snap`;
-}
-
-function put64(v: DataView, off: number, n: number): void {
-  v.setUint32(off, n % 0x100000000, true);
-  v.setUint32(off + 4, Math.floor(n / 0x100000000), true);
-}
-
-function get64(v: DataView, off: number): number {
-  return v.getUint32(off, true) + v.getUint32(off + 4, true) * 0x100000000;
 }
 
 export function encodeSnapshot(s: Snapshot): Uint8Array {

@@ -162,12 +162,13 @@ export function segmentName(seq: number, start: number): string {
   return `${seq.toString(16).padStart(16, '0')}-${start.toString(16).padStart(16, '0')}.wal`;
 }
 
-function put64(v: DataView, off: number, n: number): void {
+/** A non-negative safe integer as 64-bit little-endian (indexes and terms stay below 2^53). */
+export function put64(v: DataView, off: number, n: number): void {
   v.setUint32(off, n % 0x100000000, true);
   v.setUint32(off + 4, Math.floor(n / 0x100000000), true);
 }
 
-function get64(v: DataView, off: number): number {
+export function get64(v: DataView, off: number): number {
   return v.getUint32(off, true) + v.getUint32(off + 4, true) * 0x100000000;
 }
 

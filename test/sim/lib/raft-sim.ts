@@ -193,9 +193,10 @@ export function runRaftSim(seed: number, opts: Partial<SimOptions> = {}): SimRes
   const smData = (sn: SimNode): Uint8Array =>
     enc.encode(JSON.stringify({ values: sn.values, sessions: sn.sessions.toJSON() }));
 
-  for (const id of ids) {
+  const addSimNode = (id: number): void => {
     const sn: SimNode = {
       id,
+      // Every node, first or joining, starts from the initial membership; it learns the rest from the log or a snapshot.
       storage: MemoryStorage.bootstrap(ids),
       node: undefined,
       values: [],
@@ -205,7 +206,9 @@ export function runRaftSim(seed: number, opts: Partial<SimOptions> = {}): SimRes
     };
     sn.node = makeNode(sn);
     nodes.set(id, sn);
-  }
+  };
+
+  for (const id of ids) addSimNode(id);
 
   const send = (m: Message, lossy: boolean): void => {
     if (m.type === MessageType.Snap) snapshotsSent++;
@@ -365,21 +368,6 @@ export function runRaftSim(seed: number, opts: Partial<SimOptions> = {}): SimRes
 
   const leaderNode = (): SimNode | undefined =>
     live().find((n) => n.node!.raft.role === StateRole.Leader);
-
-  const addSimNode = (id: number): void => {
-    const sn: SimNode = {
-      id,
-      // A joining node knows the initial membership; it learns the rest from the log or a snapshot.
-      storage: MemoryStorage.bootstrap(ids),
-      node: undefined,
-      values: [],
-      sessions: new SessionTable(),
-      applied: 0,
-      phase: rng.intn(o.tickEvery),
-    };
-    sn.node = makeNode(sn);
-    nodes.set(id, sn);
-  };
 
   const reconfigure = (): void => {
     const l = leaderNode();
