@@ -93,6 +93,15 @@ export function lossyFs(): LossyFs {
   const alive = (): void => {
     if (crashed) throw new Error('lossy fs: used after crash()');
   };
+  /** Run `f` now (the change is recorded in call order) and settle as an async call would. */
+  const later = <T>(f: () => T): Promise<T> => {
+    try {
+      alive();
+      return Promise.resolve(f());
+    } catch (e) {
+      return Promise.reject(e instanceof Error ? e : new Error(String(e)));
+    }
+  };
   const dirtyOf = (path: string): Dirty => {
     let d = dirty.get(path);
     if (d === undefined) dirty.set(path, (d = { changes: [] }));
@@ -129,19 +138,19 @@ export function lossyFs(): LossyFs {
       const self = { name: path };
       handles.add(self);
       const file: WalFile = {
-        async write(buf, offset, length, position) {
-          alive();
-          dirtyOf(self.name).changes.push({
-            kind: 'write',
-            pos: position,
-            data: buf.slice(offset, offset + length),
-          });
-          return { bytesWritten: length };
-        },
-        async truncate(len) {
-          alive();
-          dirtyOf(self.name).changes.push({ kind: 'truncate', len });
-        },
+        write: (buf, offset, length, position) =>
+          later(() => {
+            dirtyOf(self.name).changes.push({
+              kind: 'write',
+              pos: position,
+              data: buf.slice(offset, offset + length),
+            });
+            return { bytesWritten: length };
+          }),
+        truncate: (len) =>
+          later(() => {
+            dirtyOf(self.name).changes.push({ kind: 'truncate', len });
+          }),
         async datasync() {
           alive();
           const d = dirty.get(self.name);
