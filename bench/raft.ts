@@ -1,10 +1,14 @@
 /**
  * Raft, ours vs etcd, side by side in one run on the same machine: 3 meshd managers against 3
  * members of Debian's etcd 3.4 (default tuning, fsync on), each member in its own namespaced
- * host (198.18.0.1–3), data dirs in one tmp dir on the same filesystem. The load generator
- * (bench/lib/load.ts) is a child process in a 4th host (198.18.0.4), the same code for both
- * sides; writers are spread round-robin over the 3 members, as etcd's `benchmark put` spreads
- * its connections over the endpoints.
+ * host (ours 198.18.0.1–3, etcd 198.18.0.4–6), data dirs in tmp dirs on the same filesystem.
+ * The load generator (bench/lib/load.ts) is a child process in a 7th host (198.18.0.7), the same
+ * code for both sides; writers are spread round-robin over the 3 members, as etcd's
+ * `benchmark put` spreads its connections over the endpoints.
+ *
+ * Both clusters run for the whole bench and the measurements alternate between them (level by
+ * level, failover by failover, who goes first alternating too), so load from other work on this
+ * shared machine falls on both sides alike; the idle cluster only sends heartbeats meanwhile.
  *
  * - writes_per_s_W, p50_ms_W, p99_ms_W for W = 1, 64, 256 concurrent writers: each writer a
  *   closed loop of sequential puts of a 16-byte value to its own key; 1 s warm-up, then
@@ -16,7 +20,9 @@
  *   the next. With 7 rounds p99 is the worst round.
  *
  * Ends with one JSON line {"bench":"raft","ours":{…},"peer":{…}} (peer = etcd). A side that
- * cannot run gives {"error": …} and the exit status is 1. `--only ours|etcd` runs one side.
+ * cannot run gives {"error": …} and the exit status is 1. `--only ours|etcd` runs one side;
+ * `--etcd-client grpc` puts to etcd over its native gRPC API instead of the JSON gateway (the
+ * gateway is an in-process proxy that costs etcd CPU; this shows how much).
  */
 import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -24,7 +30,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { TestNet } from '../test/lib/testnet.js';
 import { EtcdCluster, checkEtcd } from './lib/etcd.js';
-import { LoadWorker, percentile, type BenchCluster, type LevelResult } from './lib/load.js';
+import { LoadWorker, percentile, type BenchCluster } from './lib/load.js';
 import { MeshCluster } from './lib/meshcluster.js';
 
 const LEVELS = [1, 64, 256] as const;
@@ -33,10 +39,30 @@ const WARMUP_MS = 1000;
 type Side = 'ours' | 'etcd';
 type Result = Record<string, number> | { error: string } | null;
 
+interface Run {
+  side: Side;
+  dir: string;
+  cluster: BenchCluster;
+  out: Record<string, number>;
+  failovers: number[];
+  error?: string;
+}
+
 const note = (s: string): void => void process.stderr.write(`bench raft: ${s}\n`);
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-/** Last lines of each member's log, for a failed run (the tmp dir is removed afterwards). */
+/** CPU time (user+system) of a process so far, ms (man 5 proc: utime, stime in clock ticks). */
+function cpuMs(pid: number): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(f[11]) + Number(f[12])) * 10;
+  } catch {
+    return NaN;
+  }
+}
+
+/** Last lines of each member's log, for a failed side (its tmp dir is removed afterwards). */
 function tails(dir: string): string {
   let out = '';
   for (const f of readdirSync(dir)
@@ -48,57 +74,93 @@ function tails(dir: string): string {
   return out;
 }
 
-async function measure(
-  side: Side,
-  opts: { seconds: number; failovers: number },
-): Promise<Record<string, number>> {
-  const net = TestNet.create({ hosts: 4 });
-  const dir = mkdtempSync(join(tmpdir(), `mesh-bench-raft-${side}-`));
-  const worker = LoadWorker.start(net.hosts[3]!.ns);
-  const members = net.hosts.slice(0, 3);
-  const cluster: BenchCluster =
-    side === 'ours' ? new MeshCluster(members, dir, worker) : new EtcdCluster(members, dir, worker);
+/** Run one step for a side; a failure marks the side failed and stops it being measured. */
+async function step(run: Run, what: string, fn: () => Promise<void>): Promise<void> {
+  if (run.error !== undefined) return;
   try {
-    note(`${side}: starting 3 members`);
-    await cluster.start();
-    const out: Record<string, number> = {};
-    for (const w of LEVELS) {
-      const r: LevelResult = await worker.level(cluster.targets, w, WARMUP_MS, opts.seconds * 1000);
-      note(
-        `${side}: ${w} writers: ${r.writes_per_s} writes/s, p50 ${r.p50_ms} ms, p99 ${r.p99_ms} ms` +
-          (r.errors ? ` (${r.errors} errors, first: ${r.firstError ?? ''})` : ''),
-      );
-      if (r.writes === 0) throw new Error(`${w} writers: no write acknowledged (${r.firstError})`);
-      out[`writes_per_s_${w}`] = r.writes_per_s;
-      out[`p50_ms_${w}`] = r.p50_ms;
-      out[`p99_ms_${w}`] = r.p99_ms;
-    }
-    const times: number[] = [];
-    for (let k = 0; k < opts.failovers; k++) {
-      await cluster.waitHealthy(60_000);
-      await sleep(1000); // let the new leader settle (heartbeats, leases) before killing it
-      const leader = await cluster.leader();
-      const survivor = leader === 0 ? 1 : 0;
-      const f = await worker.failover(cluster.targets[survivor]!, cluster.pid(leader));
-      note(
-        `${side}: failover ${k + 1}/${opts.failovers}: killed m${leader + 1}, next write after ${f.failover_ms} ms (${f.failedPuts} puts failed meanwhile)`,
-      );
-      times.push(f.failover_ms);
-      await cluster.restart(leader);
-      await cluster.waitHealthy(60_000);
-    }
-    times.sort((a, b) => a - b);
-    out.failover_p50_ms = Math.round(percentile(times, 0.5));
-    out.failover_p99_ms = Math.round(percentile(times, 0.99));
-    return out;
+    await fn();
   } catch (e) {
-    process.stderr.write(tails(dir));
-    throw e;
+    run.error = `${what}: ${(e as Error).message}`;
+    note(`${run.side}: ${run.error}`);
+    process.stderr.write(tails(run.dir));
+    await run.cluster.stop().catch(() => undefined);
+  }
+}
+
+async function level(run: Run, worker: LoadWorker, w: number, seconds: number): Promise<void> {
+  const c = run.cluster;
+  const pids = c.targets.map((_, i) => c.pid(i));
+  const cpu0 = pids.map(cpuMs);
+  const r = await worker.level(c.targets, w, WARMUP_MS, seconds * 1000);
+  const memberCpu = pids.reduce((a, p, i) => a + cpuMs(p) - cpu0[i]!, 0);
+  const wall = WARMUP_MS + seconds * 1000;
+  note(
+    `${run.side}: ${w} writers: ${r.writes_per_s} writes/s, p50 ${r.p50_ms} ms, p99 ${r.p99_ms} ms; ` +
+      `cpu: members ${(memberCpu / wall).toFixed(2)} cores, client ${(r.clientCpuMs / wall).toFixed(2)}` +
+      (r.errors ? `; ${r.errors} errors, first: ${r.firstError ?? ''}` : ''),
+  );
+  if (r.writes === 0) throw new Error(`no write acknowledged (${r.firstError ?? 'no error'})`);
+  run.out[`writes_per_s_${w}`] = r.writes_per_s;
+  run.out[`p50_ms_${w}`] = r.p50_ms;
+  run.out[`p99_ms_${w}`] = r.p99_ms;
+}
+
+async function failover(run: Run, worker: LoadWorker, k: number, of: number): Promise<void> {
+  const c = run.cluster;
+  await c.waitHealthy(60_000);
+  await sleep(1000); // let the leader settle (heartbeats, leases) before killing it
+  const leader = await c.leader();
+  const survivor = leader === 0 ? 1 : 0;
+  const f = await worker.failover(c.targets[survivor]!, c.pid(leader));
+  note(
+    `${run.side}: failover ${k + 1}/${of}: killed m${leader + 1}, next write after ${f.failover_ms} ms (${f.failedPuts} puts failed meanwhile)`,
+  );
+  run.failovers.push(f.failover_ms);
+  await c.restart(leader);
+  await c.waitHealthy(60_000);
+}
+
+async function measure(
+  sides: Side[],
+  opts: { seconds: number; failovers: number; grpc: boolean },
+): Promise<Run[]> {
+  const net = TestNet.create({ hosts: 3 * sides.length + 1 });
+  const worker = LoadWorker.start(net.hosts[net.hosts.length - 1]!.ns);
+  const runs: Run[] = [];
+  try {
+    sides.forEach((side, n) => {
+      const dir = mkdtempSync(join(tmpdir(), `mesh-bench-raft-${side}-`));
+      const hosts = net.hosts.slice(3 * n, 3 * n + 3);
+      const cluster =
+        side === 'ours'
+          ? new MeshCluster(hosts, dir, worker)
+          : new EtcdCluster(hosts, dir, worker, opts.grpc);
+      runs.push({ side, dir, cluster, out: {}, failovers: [] });
+    });
+    for (const r of runs) {
+      note(`${r.side}: starting 3 members`);
+      await step(r, 'start', () => r.cluster.start());
+    }
+    // Alternate who goes first, so neither side always runs right after the other's heaviest step.
+    const order = (k: number): Run[] => (k % 2 === 0 ? runs : [...runs].reverse());
+    for (const [k, w] of LEVELS.entries())
+      for (const r of order(k))
+        await step(r, `${w} writers`, () => level(r, worker, w, opts.seconds));
+    for (let k = 0; k < opts.failovers; k++)
+      for (const r of order(k))
+        await step(r, `failover ${k + 1}`, () => failover(r, worker, k, opts.failovers));
+    for (const r of runs) {
+      if (r.error !== undefined) continue;
+      const t = [...r.failovers].sort((a, b) => a - b);
+      r.out.failover_p50_ms = Math.round(percentile(t, 0.5));
+      r.out.failover_p99_ms = Math.round(percentile(t, 0.99));
+    }
+    return runs;
   } finally {
-    await cluster.stop().catch(() => undefined);
+    await Promise.all(runs.map((r) => r.cluster.stop().catch(() => undefined)));
     worker.close();
     net.destroy();
-    rmSync(dir, { recursive: true, force: true });
+    for (const r of runs) rmSync(r.dir, { recursive: true, force: true });
   }
 }
 
@@ -111,32 +173,36 @@ export async function main(args: string[]): Promise<void> {
       only: { type: 'string' },
       seconds: { type: 'string', default: '5' },
       failovers: { type: 'string', default: '7' },
+      'etcd-client': { type: 'string', default: 'gateway' },
     },
   });
   const only = values.only;
   if (only !== undefined && only !== 'ours' && only !== 'etcd')
     throw new Error(`bench raft: --only ${JSON.stringify(only)}: want ours or etcd`);
+  const client = values['etcd-client'];
+  if (client !== 'gateway' && client !== 'grpc')
+    throw new Error(`bench raft: --etcd-client ${JSON.stringify(client)}: want gateway or grpc`);
   const seconds = Number(values.seconds);
   const failovers = Number(values.failovers);
   if (!(seconds > 0 && seconds <= 600)) throw new Error('bench raft: --seconds: want 1..600');
   if (!(Number.isInteger(failovers) && failovers >= 1 && failovers <= 100))
     throw new Error('bench raft: --failovers: want an integer 1..100');
 
-  const run = async (side: Side): Promise<Result> => {
-    if (only !== undefined && only !== side) return null;
-    try {
-      if (side === 'etcd') note(`etcd ${checkEtcd()}`);
-      return await measure(side, { seconds, failovers });
-    } catch (e) {
-      note(`${side}: ${(e as Error).message}`);
+  const sides: Side[] = only ? [only] : ['ours', 'etcd'];
+  if (sides.includes('etcd')) note(`etcd ${checkEtcd()}, client: ${client}`);
+  const runs = await measure(sides, { seconds, failovers, grpc: client === 'grpc' });
+  const result = (side: Side): Result => {
+    const r = runs.find((x) => x.side === side);
+    if (!r) return null;
+    if (r.error !== undefined) {
       process.exitCode = 1;
-      return { error: (e as Error).message };
+      return { error: r.error };
     }
+    return r.out;
   };
-  const ours = await run('ours');
-  const peer = await run('etcd');
-  const row = (name: string, r: Result): string =>
-    `${name.padEnd(5)} ${r === null ? 'skipped' : JSON.stringify(r)}\n`;
-  process.stdout.write(`raft:  ${row('ours', ours)}       ${row('etcd', peer)}`);
+  const ours = result('ours');
+  const peer = result('etcd');
+  const row = (r: Result): string => (r === null ? 'skipped' : JSON.stringify(r));
+  process.stdout.write(`raft:  ours ${row(ours)}\n       etcd ${row(peer)}\n`);
   process.stdout.write(JSON.stringify({ bench: 'raft', ours, peer }) + '\n');
 }

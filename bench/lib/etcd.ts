@@ -9,6 +9,7 @@
  */
 import { spawnSync, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
+import { connect, constants as h2, type ClientHttp2Session } from 'node:http2';
 import { join } from 'node:path';
 import type { TestHost } from '../../test/lib/testnet.js';
 import type { BenchCluster, HttpReply, LoadWorker, Target } from './load.js';
@@ -32,6 +33,86 @@ export function etcdPut(
         throw new Error(`etcd put: ${r.status} ${r.body.slice(0, 200)}`);
     },
   };
+}
+
+/** Protobuf varint (the wire's base-128 little-endian integer). */
+function varint(n: number): number[] {
+  const out: number[] = [];
+  while (n >= 0x80) {
+    out.push((n & 0x7f) | 0x80);
+    n = Math.floor(n / 128);
+  }
+  out.push(n);
+  return out;
+}
+
+/**
+ * A gRPC message carrying etcdserverpb.PutRequest {key = 1, value = 2} (both bytes): a 5-byte
+ * prefix (uncompressed flag, u32 BE length) then the protobuf fields (gRPC over HTTP/2 spec,
+ * "Length-Prefixed-Message").
+ */
+function grpcPutMessage(key: string, value: string): Buffer {
+  const k = Buffer.from(key);
+  const v = Buffer.from(value);
+  const pb = Buffer.concat([
+    Buffer.from([0x0a, ...varint(k.length)]),
+    k,
+    Buffer.from([0x12, ...varint(v.length)]),
+    v,
+  ]);
+  const head = Buffer.alloc(5);
+  head.writeUInt32BE(pb.length, 1);
+  return Buffer.concat([head, pb]);
+}
+
+/**
+ * A put over etcd's native gRPC API on an HTTP/2 session (what etcd's own clients and its
+ * `benchmark put` use), for comparing the gateway's cost. Acknowledged on grpc-status 0, which
+ * arrives in the trailers (or in the headers of a trailers-only error reply).
+ */
+export function etcdGrpcPut(
+  session: ClientHttp2Session,
+  key: string,
+  value: string,
+  timeoutMs: number,
+): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let status: string | undefined;
+    let message = '';
+    const stream = session.request({
+      [h2.HTTP2_HEADER_METHOD]: 'POST',
+      [h2.HTTP2_HEADER_PATH]: '/etcdserverpb.KV/Put',
+      [h2.HTTP2_HEADER_CONTENT_TYPE]: 'application/grpc',
+      te: 'trailers',
+    });
+    const timer = setTimeout(() => stream.close(h2.NGHTTP2_CANCEL), timeoutMs);
+    const take = (h: Record<string, string | string[] | undefined>): void => {
+      const st = h['grpc-status'];
+      const msg = h['grpc-message'];
+      if (st !== undefined) status = String(st);
+      if (msg !== undefined) message = decodeURIComponent(String(msg));
+    };
+    stream.on('response', take);
+    stream.on('trailers', take);
+    stream.on('data', () => undefined);
+    stream.on('error', (e: Error) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+    stream.on('close', () => {
+      clearTimeout(timer);
+      if (status === '0') resolve();
+      else reject(new Error(`etcd grpc put: status ${status ?? 'none'} ${message}`.trim()));
+    });
+    stream.end(grpcPutMessage(key, value));
+  });
+}
+
+/** One HTTP/2 session to an etcd member's client port. */
+export function etcdGrpcSession(host: string, port: number): ClientHttp2Session {
+  const s = connect(`http://${host}:${port}`);
+  s.on('error', () => undefined); // each stream reports its own failure
+  return s;
 }
 
 interface EtcdStatus {
@@ -60,9 +141,11 @@ export class EtcdCluster implements BenchCluster {
     private readonly hosts: TestHost[],
     private readonly dir: string,
     private readonly worker: LoadWorker,
+    /** Benchmark puts over gRPC instead of the JSON gateway (status and health stay on the gateway). */
+    grpc = false,
   ) {
     this.names = hosts.map((_, i) => `m${i + 1}`);
-    this.targets = hosts.map((h) => ({ api: 'etcd', host: h.addr, port: CLIENT_PORT }));
+    this.targets = hosts.map((h) => ({ api: 'etcd', host: h.addr, port: CLIENT_PORT, grpc }));
     this.procs = hosts.map(() => undefined);
   }
 
@@ -166,7 +249,7 @@ export class EtcdCluster implements BenchCluster {
       }
       await new Promise((r) => setTimeout(r, 100));
     }
-    throw new Error(`etcd: cluster not healthy within ${limitMs} ms: ${why} (logs in ${this.dir})`);
+    throw new Error(`etcd: cluster not healthy within ${limitMs} ms: ${why}`);
   }
 
   async stop(): Promise<void> {

@@ -22,12 +22,14 @@ import { Agent, request as httpRequest } from 'node:http';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { withNetns, type Netns } from '../../src/netlink/index.js';
-import { etcdPut } from './etcd.js';
+import type { ClientHttp2Session } from 'node:http2';
+import { etcdGrpcPut, etcdGrpcSession, etcdPut } from './etcd.js';
 import { meshPut } from './meshcluster.js';
 
 /** One member's client endpoint: TCP (etcd's JSON gateway) or a unix socket (meshd's API). */
 export type Target =
-  { api: 'etcd'; host: string; port: number } | { api: 'mesh'; socketPath: string };
+  /** etcd: puts on the JSON gateway, or with `grpc` on etcd's native gRPC API (HTTP/2). */
+  { api: 'etcd'; host: string; port: number; grpc?: boolean } | { api: 'mesh'; socketPath: string };
 
 /** A 3-member cluster under test, as bench/raft drives it (etcd.ts, meshcluster.ts). */
 export interface BenchCluster {
@@ -61,6 +63,8 @@ export interface LevelResult {
   p99_ms: number;
   errors: number;
   firstError?: string;
+  /** CPU the load generator itself used over the whole level, ms (user+system). */
+  clientCpuMs: number;
 }
 
 export interface FailoverResult {
@@ -158,7 +162,21 @@ function request(
   });
 }
 
+const sessions = new Map<string, ClientHttp2Session>();
+
+function sessionFor(host: string, port: number): ClientHttp2Session {
+  const k = `${host}:${port}`;
+  let s = sessions.get(k);
+  if (!s || s.closed || s.destroyed) {
+    s = etcdGrpcSession(host, port);
+    sessions.set(k, s);
+  }
+  return s;
+}
+
 async function put(t: Target, key: string, value: string, timeoutMs: number): Promise<void> {
+  if (t.api === 'etcd' && t.grpc)
+    return etcdGrpcPut(sessionFor(t.host, t.port), key, value, timeoutMs);
   const s = putShape(t, key, value);
   s.check(await request(t, 'POST', s.path, s.body, timeoutMs));
 }
@@ -183,6 +201,7 @@ async function level(
   warmupMs: number,
   measureMs: number,
 ): Promise<LevelResult> {
+  const cpu0 = process.cpuUsage();
   const start = performance.now();
   const from = start + warmupMs;
   const to = from + measureMs;
@@ -210,6 +229,7 @@ async function level(
     }
   };
   await Promise.all(Array.from({ length: writers }, (_, w) => loop(w)));
+  const cpu = process.cpuUsage(cpu0);
   lat.sort((a, b) => a - b);
   const seconds = measureMs / 1000;
   const r: LevelResult = {
@@ -220,6 +240,7 @@ async function level(
     p50_ms: round2(percentile(lat, 0.5)),
     p99_ms: round2(percentile(lat, 0.99)),
     errors,
+    clientCpuMs: Math.round((cpu.user + cpu.system) / 1000),
   };
   if (firstError !== undefined) r.firstError = firstError;
   return r;

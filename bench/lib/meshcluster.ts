@@ -92,7 +92,7 @@ export class MeshCluster implements BenchCluster {
     });
     if (r.status !== 0)
       throw new Error(
-        `meshctl ${args.join(' ')} on ${this.names[i]!}: exited ${r.status ?? r.signal}: ${(r.stderr || r.stdout).trim()} (logs in ${this.dir})`,
+        `meshctl ${args.join(' ')} on ${this.names[i]!}: exited ${r.status ?? r.signal}: ${(r.stderr || r.stdout).trim()}`,
       );
     return r.stdout.trim();
   }
@@ -181,9 +181,7 @@ export class MeshCluster implements BenchCluster {
       }
       await new Promise((r) => setTimeout(r, 100));
     }
-    throw new Error(
-      `meshd: cluster not healthy within ${limitMs} ms: ${why} (logs in ${this.dir})`,
-    );
+    throw new Error(`meshd: cluster not healthy within ${limitMs} ms: ${why}`);
   }
 
   async stop(): Promise<void> {
