@@ -12,7 +12,9 @@
  *
  * - writes_per_s_W, p50_ms_W, p99_ms_W for W = 1, 64, 256 concurrent writers: each writer a
  *   closed loop of sequential puts of a 16-byte value to its own key; 1 s warm-up, then
- *   `--seconds` (5) of measurement; latency is per put, as the client sees it.
+ *   `--seconds` (5) of measurement; latency is per put, as the client sees it. `--rounds R`
+ *   repeats the three levels R times (alternating sides each time) and merges the samples:
+ *   writes/s over all rounds, percentiles over every put of every round.
  * - failover_p50_ms, failover_p99_ms over `--failovers` (7) rounds: puts go to a surviving
  *   member, a new one every 5 ms; t0 = `kill -9` of the leader, t1 = the first acknowledgement
  *   of a put started at or after t0. After each round the killed member is restarted on its data
@@ -43,7 +45,8 @@ interface Run {
   side: Side;
   dir: string;
   cluster: BenchCluster;
-  out: Record<string, number>;
+  /** Per writer count: latencies of every round merged, and the writes and seconds summed. */
+  levels: Map<number, { latencies: number[]; writes: number; seconds: number }>;
   failovers: number[];
   error?: string;
 }
@@ -100,9 +103,27 @@ async function level(run: Run, worker: LoadWorker, w: number, seconds: number): 
       (r.errors ? `; ${r.errors} errors, first: ${r.firstError ?? ''}` : ''),
   );
   if (r.writes === 0) throw new Error(`no write acknowledged (${r.firstError ?? 'no error'})`);
-  run.out[`writes_per_s_${w}`] = r.writes_per_s;
-  run.out[`p50_ms_${w}`] = r.p50_ms;
-  run.out[`p99_ms_${w}`] = r.p99_ms;
+  const acc = run.levels.get(w) ?? { latencies: [], writes: 0, seconds: 0 };
+  acc.latencies.push(...r.latencies);
+  acc.writes += r.writes;
+  acc.seconds += r.seconds;
+  run.levels.set(w, acc);
+}
+
+/** The JSON keys of one side from its merged rounds. */
+function summary(run: Run): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const w of LEVELS) {
+    const l = run.levels.get(w)!;
+    const lat = [...l.latencies].sort((a, b) => a - b);
+    out[`writes_per_s_${w}`] = Math.round(l.writes / l.seconds);
+    out[`p50_ms_${w}`] = percentile(lat, 0.5);
+    out[`p99_ms_${w}`] = percentile(lat, 0.99);
+  }
+  const t = [...run.failovers].sort((a, b) => a - b);
+  out.failover_p50_ms = Math.round(percentile(t, 0.5));
+  out.failover_p99_ms = Math.round(percentile(t, 0.99));
+  return out;
 }
 
 async function failover(run: Run, worker: LoadWorker, k: number, of: number): Promise<void> {
@@ -122,7 +143,7 @@ async function failover(run: Run, worker: LoadWorker, k: number, of: number): Pr
 
 async function measure(
   sides: Side[],
-  opts: { seconds: number; failovers: number; grpc: boolean },
+  opts: { seconds: number; rounds: number; failovers: number; grpc: boolean },
 ): Promise<Run[]> {
   const net = TestNet.create({ hosts: 3 * sides.length + 1 });
   const worker = LoadWorker.start(net.hosts[net.hosts.length - 1]!.ns);
@@ -135,7 +156,7 @@ async function measure(
         side === 'ours'
           ? new MeshCluster(hosts, dir, worker)
           : new EtcdCluster(hosts, dir, worker, opts.grpc);
-      runs.push({ side, dir, cluster, out: {}, failovers: [] });
+      runs.push({ side, dir, cluster, levels: new Map(), failovers: [] });
     });
     for (const r of runs) {
       note(`${r.side}: starting 3 members`);
@@ -143,18 +164,13 @@ async function measure(
     }
     // Alternate who goes first, so neither side always runs right after the other's heaviest step.
     const order = (k: number): Run[] => (k % 2 === 0 ? runs : [...runs].reverse());
-    for (const [k, w] of LEVELS.entries())
-      for (const r of order(k))
-        await step(r, `${w} writers`, () => level(r, worker, w, opts.seconds));
+    for (let round = 0; round < opts.rounds; round++)
+      for (const [k, w] of LEVELS.entries())
+        for (const r of order(round + k))
+          await step(r, `${w} writers`, () => level(r, worker, w, opts.seconds));
     for (let k = 0; k < opts.failovers; k++)
       for (const r of order(k))
         await step(r, `failover ${k + 1}`, () => failover(r, worker, k, opts.failovers));
-    for (const r of runs) {
-      if (r.error !== undefined) continue;
-      const t = [...r.failovers].sort((a, b) => a - b);
-      r.out.failover_p50_ms = Math.round(percentile(t, 0.5));
-      r.out.failover_p99_ms = Math.round(percentile(t, 0.99));
-    }
     return runs;
   } finally {
     await Promise.all(runs.map((r) => r.cluster.stop().catch(() => undefined)));
@@ -172,6 +188,7 @@ export async function main(args: string[]): Promise<void> {
     options: {
       only: { type: 'string' },
       seconds: { type: 'string', default: '5' },
+      rounds: { type: 'string', default: '1' },
       failovers: { type: 'string', default: '7' },
       'etcd-client': { type: 'string', default: 'gateway' },
     },
@@ -185,12 +202,15 @@ export async function main(args: string[]): Promise<void> {
   const seconds = Number(values.seconds);
   const failovers = Number(values.failovers);
   if (!(seconds > 0 && seconds <= 600)) throw new Error('bench raft: --seconds: want 1..600');
+  const rounds = Number(values.rounds);
+  if (!(Number.isInteger(rounds) && rounds >= 1 && rounds <= 20))
+    throw new Error('bench raft: --rounds: want an integer 1..20');
   if (!(Number.isInteger(failovers) && failovers >= 1 && failovers <= 100))
     throw new Error('bench raft: --failovers: want an integer 1..100');
 
   const sides: Side[] = only ? [only] : ['ours', 'etcd'];
   if (sides.includes('etcd')) note(`etcd ${checkEtcd()}, client: ${client}`);
-  const runs = await measure(sides, { seconds, failovers, grpc: client === 'grpc' });
+  const runs = await measure(sides, { seconds, rounds, failovers, grpc: client === 'grpc' });
   const result = (side: Side): Result => {
     const r = runs.find((x) => x.side === side);
     if (!r) return null;
@@ -198,7 +218,7 @@ export async function main(args: string[]): Promise<void> {
       process.exitCode = 1;
       return { error: r.error };
     }
-    return r.out;
+    return summary(r);
   };
   const ours = result('ours');
   const peer = result('etcd');

@@ -65,6 +65,8 @@ export interface LevelResult {
   firstError?: string;
   /** CPU the load generator itself used over the whole level, ms (user+system). */
   clientCpuMs: number;
+  /** Every measured latency, ms to 0.01, ascending (to merge rounds). */
+  latencies: number[];
 }
 
 export interface FailoverResult {
@@ -241,6 +243,7 @@ async function level(
     p99_ms: round2(percentile(lat, 0.99)),
     errors,
     clientCpuMs: Math.round((cpu.user + cpu.system) / 1000),
+    latencies: lat.map(round2),
   };
   if (firstError !== undefined) r.firstError = firstError;
   return r;

@@ -117,13 +117,30 @@ export class MeshCluster implements BenchCluster {
     for (let i = 0; i < this.hosts.length; i++) this.spawnMember(i);
     for (let i = 0; i < this.hosts.length; i++) await this.waitSocket(i, 20_000);
     const first = this.hosts[0]!;
-    this.meshctl(0, ['cluster', 'init', '--advertise-addr', first.addr]);
+    this.meshctl(0, [
+      'cluster',
+      'init',
+      '--advertise-addr',
+      first.addr,
+      '--listen-addr',
+      `${first.addr}:${RAFT_PORT}`,
+    ]);
     const token = this.meshctl(0, ['cluster', 'join-token', 'manager'])
       .split(/\s+/)
       .find((w) => w.startsWith('MESHTKN-'));
     if (!token) throw new Error('meshctl cluster join-token manager: no MESHTKN- token printed');
     for (let i = 1; i < this.hosts.length; i++)
-      this.meshctl(i, ['cluster', 'join', '--token', token, `${first.addr}:${RAFT_PORT}`]);
+      this.meshctl(i, [
+        'cluster',
+        'join',
+        '--token',
+        token,
+        '--advertise-addr',
+        this.hosts[i]!.addr,
+        '--listen-addr',
+        `${this.hosts[i]!.addr}:${RAFT_PORT}`,
+        `${first.addr}:${RAFT_PORT}`,
+      ]);
     await this.waitHealthy(60_000);
   }
 
