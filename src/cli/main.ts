@@ -5,6 +5,7 @@
  * usage errors exit 2, failures 1.
  * May import: util/, ./client.
  */
+import { parseArgs } from 'node:util';
 import { MeshError, UsageError } from '../util/errors.js';
 import { VERSION } from '../util/version.js';
 import { call } from './client.js';
@@ -14,9 +15,25 @@ const HELP = `meshctl — drive the Mesh networking daemon
 Usage: meshctl [--host SOCKET] COMMAND [--json]
 
 Commands:
+  cluster init [--advertise-addr IP] [--listen-addr IP:PORT]
+                 make this node the first manager of a new cluster
+  cluster join --token TOKEN [--advertise-addr IP] [--listen-addr IP:PORT] MANAGER[:2377]
+                 join the cluster MANAGER belongs to (as worker or manager: the token says)
+  cluster join-token worker|manager [--rotate] [--quiet]
+                 print (or replace, invalidating the old one) a join token
+  cluster leave [--force]
+                 leave the cluster (a manager must be demoted first, or --force)
+  cluster info   this node's cluster, role, managers and raft state
+  node ls        nodes with role, availability, status, manager status
+  node inspect NODE
+  node promote NODE...         make workers managers
+  node demote NODE...          make managers workers
+  node update [--availability active|pause|drain] [--label-add K=V]... [--label-rm K]... NODE
+  node rm [--force] NODE...    remove nodes that left (or, with --force, are down)
   version        client and daemon versions
   debug gossip   this node's view of gossip: members (address, state, incarnation,
                  time since the last change), health score, keys, packet counters
+  debug raft     this manager's raft state and counters
   help           this help
 
 Global options:
@@ -25,7 +42,8 @@ Global options:
   --version      print the client version
   --help         print this help
 
-The cluster, node, net, service and lb commands are being built; see docs/cli.md.
+NODE is a node id, a unique id prefix or a host name. The net, service and lb commands are
+being built; see docs/cli.md.
 `;
 
 interface Args {
@@ -44,9 +62,10 @@ function parse(argv: readonly string[]): Args | 'help' | 'version' {
       a.host = v;
     } else if (w.startsWith('--host=')) a.host = w.slice(7);
     else if (w === '--json') a.json = true;
-    else if (w === '--help' || w === '-h') return 'help';
-    else if (w === '--version' || w === '-v') return 'version';
-    else if (w.startsWith('-')) throw new UsageError(`unknown option ${JSON.stringify(w)}`);
+    else if ((w === '--help' || w === '-h') && a.words.length === 0) return 'help';
+    else if ((w === '--version' || w === '-v') && a.words.length === 0) return 'version';
+    else if (w.startsWith('-') && a.words.length === 0)
+      throw new UsageError(`unknown option ${JSON.stringify(w)}`);
     else a.words.push(w);
   }
   return a;
@@ -121,6 +140,227 @@ async function debugGossip(a: Args): Promise<void> {
   );
 }
 
+type OptSpec = Record<string, { type: 'string' | 'boolean'; multiple?: boolean; short?: string }>;
+
+/** Options of one command (after the noun and verb); unknown options are usage errors. */
+function cmdArgs(a: Args, skip: number, options: OptSpec, what: string) {
+  try {
+    return parseArgs({ args: a.words.slice(skip), options, allowPositionals: true, strict: true });
+  } catch (e) {
+    throw new UsageError(`${what}: ${(e as Error).message.replace(/^./, (c) => c.toLowerCase())}`);
+  }
+}
+
+const out = (s: string): void => void process.stdout.write(s);
+
+interface NodeView {
+  id: string;
+  hostname: string;
+  role: string;
+  addr: string;
+  managerAddr?: string;
+  raftId?: number;
+  availability: string;
+  labels: Record<string, string>;
+  status: { state: string; message?: string };
+  desiredRole?: string;
+  leader: boolean;
+  managerStatus?: string;
+  certificate: { notAfter: number };
+}
+
+async function clusterCmd(a: Args): Promise<void> {
+  const verb = a.words[1];
+  switch (verb) {
+    case 'init': {
+      const { values, positionals } = cmdArgs(
+        a,
+        2,
+        { 'advertise-addr': { type: 'string' }, 'listen-addr': { type: 'string' } },
+        'cluster init',
+      );
+      if (positionals.length > 0) throw new UsageError('cluster init takes no arguments');
+      const r = await call<{ clusterId: string; nodeId: string; managerAddr: string }>(
+        a.host,
+        'POST',
+        '/v1/cluster/init',
+        { advertiseAddr: values['advertise-addr'], listenAddr: values['listen-addr'] },
+      );
+      if (a.json) return out(JSON.stringify(r) + '\n');
+      return out(
+        `cluster ${r.clusterId} initialized; this node (${r.nodeId}) is its manager at ${r.managerAddr}\n` +
+          `add nodes with the token from \`meshctl cluster join-token worker\` (or manager)\n`,
+      );
+    }
+    case 'join': {
+      const { values, positionals } = cmdArgs(
+        a,
+        2,
+        {
+          token: { type: 'string' },
+          'advertise-addr': { type: 'string' },
+          'listen-addr': { type: 'string' },
+        },
+        'cluster join',
+      );
+      if (!values.token) throw new UsageError('cluster join: --token TOKEN is required');
+      if (positionals.length !== 1)
+        throw new UsageError('cluster join: give one manager address, IP[:2377]');
+      const r = await call<{ clusterId: string; nodeId: string; role: string }>(
+        a.host,
+        'POST',
+        '/v1/cluster/join',
+        {
+          token: values.token,
+          addr: positionals[0],
+          advertiseAddr: values['advertise-addr'],
+          listenAddr: values['listen-addr'],
+        },
+      );
+      if (a.json) return out(JSON.stringify(r) + '\n');
+      return out(`this node (${r.nodeId}) joined cluster ${r.clusterId} as a ${r.role}\n`);
+    }
+    case 'join-token': {
+      const { values, positionals } = cmdArgs(
+        a,
+        2,
+        { rotate: { type: 'boolean' }, quiet: { type: 'boolean', short: 'q' } },
+        'cluster join-token',
+      );
+      const role = positionals[0];
+      if (positionals.length !== 1 || (role !== 'worker' && role !== 'manager'))
+        throw new UsageError('cluster join-token: say worker or manager');
+      const q = new URLSearchParams({ role });
+      if (values.rotate) q.set('rotate', '1');
+      const r = await call<{ token: string }>(
+        a.host,
+        'GET',
+        `/v1/cluster/join-token?${q.toString()}`,
+      );
+      if (a.json) return out(JSON.stringify(r) + '\n');
+      if (values.quiet) return out(r.token + '\n');
+      return out(
+        (values.rotate ? `the ${role} token was replaced; the old one no longer works\n` : '') +
+          `to add a ${role} to this cluster, run on it:\n\n  meshctl cluster join --token ${r.token} <this manager's IP>:2377\n`,
+      );
+    }
+    case 'leave': {
+      const { values, positionals } = cmdArgs(
+        a,
+        2,
+        { force: { type: 'boolean' } },
+        'cluster leave',
+      );
+      if (positionals.length > 0) throw new UsageError('cluster leave takes no arguments');
+      const r = await call<{ left: string }>(a.host, 'POST', '/v1/cluster/leave', {
+        force: values.force === true,
+      });
+      if (a.json) return out(JSON.stringify(r) + '\n');
+      return out(`this node left cluster ${r.left}\n`);
+    }
+    case 'info': {
+      cmdArgs(a, 2, {}, 'cluster info');
+      const r = await call<Record<string, unknown>>(a.host, 'GET', '/v1/cluster');
+      return out(JSON.stringify(r, null, a.json ? 0 : 2) + '\n');
+    }
+    default:
+      throw new UsageError(
+        `cluster ${verb ?? ''}: want init, join, join-token, leave or info`.replace('  ', ' '),
+      );
+  }
+}
+
+function nodeRow(n: NodeView): string[] {
+  const mgr = n.managerStatus ?? '';
+  return [
+    n.id,
+    n.hostname,
+    n.status.state,
+    n.availability,
+    mgr + (n.desiredRole && n.desiredRole !== n.role ? ` (→ ${n.desiredRole})` : ''),
+    n.addr,
+  ];
+}
+
+async function nodeCmd(a: Args): Promise<void> {
+  const verb = a.words[1];
+  switch (verb) {
+    case 'ls': {
+      cmdArgs(a, 2, {}, 'node ls');
+      const nodes = await call<NodeView[]>(a.host, 'GET', '/v1/nodes');
+      if (a.json) return out(JSON.stringify(nodes) + '\n');
+      const rows = [['ID', 'HOSTNAME', 'STATUS', 'AVAILABILITY', 'MANAGER STATUS', 'ADDRESS']];
+      for (const n of [...nodes].sort((x, y) => x.hostname.localeCompare(y.hostname)))
+        rows.push(nodeRow(n));
+      return out(table(rows));
+    }
+    case 'inspect': {
+      const { positionals } = cmdArgs(a, 2, {}, 'node inspect');
+      if (positionals.length !== 1) throw new UsageError('node inspect: give one NODE');
+      const n = await call<NodeView>(
+        a.host,
+        'GET',
+        `/v1/node?${new URLSearchParams({ id: positionals[0]! }).toString()}`,
+      );
+      return out(JSON.stringify(n, null, a.json ? 0 : 2) + '\n');
+    }
+    case 'promote':
+    case 'demote': {
+      const { positionals } = cmdArgs(a, 2, {}, `node ${verb}`);
+      if (positionals.length === 0) throw new UsageError(`node ${verb}: give at least one NODE`);
+      for (const id of positionals) {
+        const n = await call<NodeView>(a.host, 'POST', `/v1/node/${verb}`, { id });
+        if (!a.json)
+          out(
+            `node ${n.hostname} (${n.id}) ${verb === 'promote' ? 'promoted to manager' : 'demoted to worker'}` +
+              (n.desiredRole ? ' (in progress: see `meshctl node ls`)' : '') +
+              '\n',
+          );
+        else out(JSON.stringify(n) + '\n');
+      }
+      return;
+    }
+    case 'update': {
+      const { values, positionals } = cmdArgs(
+        a,
+        2,
+        {
+          availability: { type: 'string' },
+          'label-add': { type: 'string', multiple: true },
+          'label-rm': { type: 'string', multiple: true },
+        },
+        'node update',
+      );
+      if (positionals.length !== 1) throw new UsageError('node update: give one NODE');
+      const labelAdd: Record<string, string> = {};
+      for (const kv of (values['label-add'] as string[] | undefined) ?? []) {
+        const i = kv.indexOf('=');
+        if (i <= 0) throw new UsageError(`node update --label-add ${kv}: want KEY=VALUE`);
+        labelAdd[kv.slice(0, i)] = kv.slice(i + 1);
+      }
+      const n = await call<NodeView>(a.host, 'POST', '/v1/node/update', {
+        id: positionals[0],
+        availability: values.availability,
+        labelAdd,
+        labelRm: (values['label-rm'] as string[] | undefined) ?? [],
+      });
+      if (a.json) return out(JSON.stringify(n) + '\n');
+      return out(`node ${n.hostname} (${n.id}) updated\n`);
+    }
+    case 'rm': {
+      const { values, positionals } = cmdArgs(a, 2, { force: { type: 'boolean' } }, 'node rm');
+      if (positionals.length === 0) throw new UsageError('node rm: give at least one NODE');
+      for (const id of positionals) {
+        await call(a.host, 'POST', '/v1/node/rm', { id, force: values.force === true });
+        if (!a.json) out(`node ${id} removed\n`);
+      }
+      return;
+    }
+    default:
+      throw new UsageError(`node ${verb ?? ''}: want ls, inspect, promote, demote, update or rm`);
+  }
+}
+
 export async function run(argv: readonly string[]): Promise<number> {
   try {
     const a = parse(argv);
@@ -137,9 +377,22 @@ export async function run(argv: readonly string[]): Promise<number> {
         await version(a);
         return 0;
       case 'debug':
+        if (a.words[1] === 'raft') {
+          process.stdout.write(
+            JSON.stringify(await call(a.host, 'GET', '/v1/raft/status'), null, a.json ? 0 : 2) +
+              '\n',
+          );
+          return 0;
+        }
         if (a.words[1] !== 'gossip')
-          throw new UsageError(`debug ${a.words[1] ?? ''}: want \`meshctl debug gossip\``);
+          throw new UsageError(`debug ${a.words[1] ?? ''}: want \`meshctl debug gossip|raft\``);
         await debugGossip(a);
+        return 0;
+      case 'cluster':
+        await clusterCmd(a);
+        return 0;
+      case 'node':
+        await nodeCmd(a);
         return 0;
       case undefined:
         throw new UsageError('no command given');
@@ -147,7 +400,7 @@ export async function run(argv: readonly string[]): Promise<number> {
         throw new UsageError(`unknown command ${JSON.stringify(a.words[0])}`);
     }
   } catch (e) {
-    if (e instanceof UsageError) {
+    if (e instanceof MeshError && e.code === 'EUSAGE') {
       process.stderr.write(`meshctl: ${e.message}; see meshctl --help\n`);
       return 2;
     }

@@ -33,6 +33,11 @@ export interface DaemonConfig {
    * Until the managers hand out keys this is how an operator encrypts gossip. @default none
    */
   gossipKeyFile: string | undefined;
+  /**
+   * Quorum-loss recovery on a surviving manager: keep the local committed state and restart
+   * the raft membership with this manager alone. @default false
+   */
+  forceNewCluster: boolean;
 }
 
 export const DEFAULTS: Readonly<DaemonConfig> = Object.freeze({
@@ -46,6 +51,7 @@ export const DEFAULTS: Readonly<DaemonConfig> = Object.freeze({
   nodeName: hostname(),
   join: Object.freeze([]) as unknown as string[],
   gossipKeyFile: undefined,
+  forceNewCluster: false,
 });
 
 export const USAGE = `meshd — the Mesh networking daemon (one per node, runs as root)
@@ -63,6 +69,8 @@ Options:
   --node-name NAME        name in gossip, unique in the cluster (default the host name)
   --join IP[:PORT]        gossip seed to join at start (repeatable)
   --gossip-key-file FILE  base64 gossip keys, one per line, first is primary
+  --force-new-cluster     quorum lost for good: restart as the only manager, keeping the
+                          committed state (join the other managers again afterwards)
   --version               print the version
   --help                  print this help
 
@@ -101,6 +109,7 @@ export function parseDaemonArgs(
         'node-name': { type: 'string' },
         join: { type: 'string', multiple: true },
         'gossip-key-file': { type: 'string' },
+        'force-new-cluster': { type: 'boolean' },
         version: { type: 'boolean', short: 'v' },
         help: { type: 'boolean', short: 'h' },
       },
@@ -132,6 +141,7 @@ export function parseDaemonArgs(
   if (o['node-name'] !== undefined) cfg.nodeName = o['node-name'];
   if (o.join !== undefined) cfg.join = o.join;
   if (o['gossip-key-file'] !== undefined) cfg.gossipKeyFile = o['gossip-key-file'];
+  if (o['force-new-cluster']) cfg.forceNewCluster = true;
   const level = o['log-level'] ?? env.MESH_LOG;
   if (level !== undefined) {
     if (!isLogLevel(level))

@@ -13,6 +13,7 @@ import { createLogger, setLogLevel } from '../util/log.js';
 import { VERSION } from '../util/version.js';
 import { ApiServer } from './api.js';
 import { USAGE, parseDaemonArgs, type DaemonConfig } from './config.js';
+import { ClusterRole } from './cluster.js';
 import { GossipRole } from './gossip.js';
 
 const log = createLogger('meshd');
@@ -64,10 +65,13 @@ async function serve(cfg: DaemonConfig): Promise<number> {
   }));
   api.route('GET', '/v1/health', () => ({ ok: true }));
   let gossip: GossipRole | undefined;
+  let cluster: ClusterRole | undefined;
   try {
     gossip = await GossipRole.start(cfg, api);
+    cluster = await ClusterRole.start(cfg, api, { forceNewCluster: cfg.forceNewCluster });
     await api.listen(cfg.socket);
   } catch (e) {
+    await cluster?.stop();
     await gossip?.stop();
     unlock();
     throw e;
@@ -79,7 +83,9 @@ async function serve(cfg: DaemonConfig): Promise<number> {
       if (stopping) return;
       stopping = true;
       log.info('stopping', { signal: sig });
-      void (gossip?.stop() ?? Promise.resolve())
+      void (cluster?.stop() ?? Promise.resolve())
+        .catch((e: unknown) => log.error('cluster stop failed', { err: e }))
+        .then(() => gossip?.stop())
         .catch((e: unknown) => log.error('gossip stop failed', { err: e }))
         .then(() => api.close())
         .then(() => {

@@ -1,0 +1,683 @@
+/**
+ * The daemon's cluster role: this node's membership (init, join, leave), the manager it runs
+ * when it is one, the agent session every node keeps with the leader (heartbeats; promotion
+ * and demotion are carried out from there), and the cluster/node/raft API routes.
+ *
+ * May import: manager/, raft/, util/, ./api, ./config.
+ */
+import { hostname } from 'node:os';
+import {
+  createCsr,
+  caDigest,
+  certIdentity,
+  generateNodeKey,
+  createCA,
+  makeJoinToken,
+  parseJoinToken,
+} from '../manager/pki.js';
+import {
+  NodeFiles,
+  newNodeId,
+  newRaftId,
+  type Credentials,
+  type ManagerAddr,
+  type NodeState,
+} from '../manager/identity.js';
+import { Manager, splitHostPort, type JoinReply } from '../manager/manager.js';
+import { forceNewCluster } from '../manager/recovery.js';
+import { RpcClient } from '../manager/server.js';
+import { lossyFsFromEnv } from '../raft/lossyfs.js';
+import { StateRole } from '../raft/index.js';
+import { MeshError, UsageError } from '../util/errors.js';
+import { createLogger } from '../util/log.js';
+import type { ApiServer } from './api.js';
+import type { DaemonConfig } from './config.js';
+
+const log = createLogger('cluster');
+
+const RPC_TIMEOUT_MS = 10_000;
+
+export class ClusterRole {
+  private readonly files: NodeFiles;
+  private state: NodeState | null;
+  private creds: Credentials | null;
+  manager: Manager | undefined;
+  private session: NodeJS.Timeout | undefined;
+  private rpc: { addr: string; client: RpcClient } | undefined;
+  private heartbeatMs = 2000;
+  private lastHeartbeatOk = 0;
+  private lastHeartbeatError = '';
+  private changing = false;
+  private stopped = false;
+
+  private constructor(private readonly cfg: DaemonConfig) {
+    this.files = new NodeFiles(cfg.dataDir);
+    this.state = this.files.loadState();
+    this.creds = this.files.loadCredentials();
+  }
+
+  static async start(
+    cfg: DaemonConfig,
+    api: ApiServer,
+    opts: { forceNewCluster?: boolean } = {},
+  ): Promise<ClusterRole> {
+    const c = new ClusterRole(cfg);
+    c.routes(api);
+    if (c.state && c.creds) {
+      if (c.state.role === 'manager') {
+        if (opts.forceNewCluster) await forceNewCluster(c.files, c.state);
+        await c.startManager();
+      }
+      c.startSession();
+    } else if (opts.forceNewCluster) {
+      throw new UsageError('--force-new-cluster: this node is not a manager of any cluster');
+    }
+    return c;
+  }
+
+  private async startManager(bootstrapVoters?: number[]): Promise<void> {
+    const walFs = lossyFsFromEnv();
+    this.manager = await Manager.start({
+      files: this.files,
+      state: this.state!,
+      creds: this.creds!,
+      ...(bootstrapVoters ? { bootstrapVoters } : {}),
+      ...(walFs ? { walFs } : {}),
+      ...(process.env.MESH_RAFT_TICK_MS ? { tickMs: Number(process.env.MESH_RAFT_TICK_MS) } : {}),
+      onRemoved: () => void this.demoted(),
+    });
+  }
+
+  private listenAddr(req?: string): string {
+    if (req) {
+      splitHostPort(req);
+      return req;
+    }
+    return `${this.cfg.listenAddr.host}:${this.cfg.listenAddr.port}`;
+  }
+
+  /** The address other managers dial: the listener's, with 0.0.0.0 replaced by --advertise-addr. */
+  private dialAddr(listen: string, advertise: string): string {
+    const [host, port] = splitHostPort(listen);
+    return `${host === '0.0.0.0' || host === '::' ? advertise : host}:${port}`;
+  }
+
+  private advertise(req?: string): string {
+    const a = req ?? this.cfg.advertiseAddr;
+    if (!a) {
+      throw new UsageError(
+        'an advertise address is needed: pass --advertise-addr IP (to meshctl or meshd) with an address the other nodes reach this one at',
+      );
+    }
+    return a;
+  }
+
+  private requireNoCluster(what: string): void {
+    if (this.state) {
+      throw new MeshError(
+        'ECONFLICT',
+        `${what}: this node is already in cluster ${this.state.clusterId} as a ${this.state.role}; run \`meshctl cluster leave\` first`,
+      );
+    }
+  }
+
+  private requireManager(what: string): Manager {
+    if (!this.state) {
+      throw new MeshError(
+        'ENOCLUSTER',
+        `${what}: this node is not in a cluster; run \`meshctl cluster init\` or \`meshctl cluster join\``,
+      );
+    }
+    if (!this.manager) {
+      const mgrs = this.state.managers.map((m) => m.addr).join(', ');
+      throw new MeshError(
+        'ENOTMANAGER',
+        `${what}: this node is a worker; run it on a manager (${mgrs || 'none known'})`,
+      );
+    }
+    return this.manager;
+  }
+
+  // ---- init / join / leave ----
+
+  async init(req: { advertiseAddr?: string; listenAddr?: string }): Promise<unknown> {
+    this.requireNoCluster('cluster init');
+    if (this.changing)
+      throw new MeshError('ECONFLICT', 'cluster init: another membership change is running');
+    this.changing = true;
+    try {
+      const advertise = this.advertise(req.advertiseAddr);
+      const listen = this.listenAddr(req.listenAddr);
+      const nodeId = newNodeId();
+      const clusterId = newNodeId();
+      const ca = await createCA();
+      const { keyPem, csrPem } = await generateNodeKey(nodeId);
+      const { issueNodeCert } = await import('../manager/pki.js');
+      const certPem = await issueNodeCert({
+        caCertPem: ca.certPem,
+        caKeyPem: ca.keyPem,
+        csrPem,
+        nodeId,
+        role: 'manager',
+        clusterId,
+        ips: [advertise],
+      });
+      const raftId = newRaftId();
+      const self: ManagerAddr = { raftId, nodeId, addr: this.dialAddr(listen, advertise) };
+      this.files.wipeRaft();
+      this.creds = { caPem: ca.certPem, keyPem, certPem };
+      this.state = {
+        nodeId,
+        clusterId,
+        role: 'manager',
+        raftId,
+        advertiseAddr: advertise,
+        listenAddr: listen,
+        managers: [self],
+      };
+      await this.startManager([raftId]);
+      const secret = () => makeJoinToken(ca.certPem).split('-').pop()!;
+      await this.manager!.initialize(
+        ca,
+        { worker: secret(), manager: secret() },
+        this.hostname(),
+        self.addr,
+      );
+      this.files.saveCredentials(this.creds);
+      this.files.saveState(this.state);
+      this.startSession();
+      log.info('cluster initialized', { clusterId, nodeId, listen });
+      return { clusterId, nodeId, role: 'manager', managerAddr: self.addr };
+    } catch (e) {
+      await this.manager?.close();
+      this.manager = undefined;
+      this.state = null;
+      this.creds = null;
+      this.files.wipe();
+      throw e;
+    } finally {
+      this.changing = false;
+    }
+  }
+
+  private hostname(): string {
+    return this.cfg.nodeName || hostname();
+  }
+
+  /** Dial a manager, pinning its CA to the digest in the token (we have no CA yet). */
+  private async dialWithToken(addr: string, token: string): Promise<RpcClient> {
+    const tok = parseJoinToken(token);
+    const [host, port] = splitHostPort(addr);
+    return RpcClient.connect({
+      host,
+      port: Number(port),
+      timeoutMs: RPC_TIMEOUT_MS,
+      checkServer: (chain: Buffer[]) => {
+        const root = chain[chain.length - 1];
+        const pem = root ? derToPem(root) : '';
+        if (!root || caDigest(pem) !== tok.digest) {
+          throw new MeshError(
+            'ETOKEN',
+            `join ${addr}: the manager's CA does not match the token's digest; check the address and the token`,
+          );
+        }
+      },
+    });
+  }
+
+  async join(req: {
+    token: string;
+    addr: string;
+    advertiseAddr?: string;
+    listenAddr?: string;
+  }): Promise<unknown> {
+    this.requireNoCluster('cluster join');
+    if (typeof req.token !== 'string' || typeof req.addr !== 'string') {
+      throw new UsageError(
+        'cluster join: --token TOKEN and a manager address IP:PORT are required',
+      );
+    }
+    if (this.changing)
+      throw new MeshError('ECONFLICT', 'cluster join: another membership change is running');
+    this.changing = true;
+    try {
+      const addr = /:\d+$/.test(req.addr) ? req.addr : `${req.addr}:2377`;
+      const advertise = this.advertise(req.advertiseAddr);
+      const listen = this.listenAddr(req.listenAddr);
+      const client = await this.dialWithToken(addr, req.token);
+      let reply: JoinReply;
+      const { keyPem, csrPem } = await generateNodeKey();
+      try {
+        reply = (await client.call(
+          'join',
+          {
+            token: req.token,
+            csrPem,
+            hostname: this.hostname(),
+            advertiseAddr: advertise,
+            listenAddr: this.dialAddr(listen, advertise),
+          },
+          RPC_TIMEOUT_MS,
+        )) as JoinReply;
+      } finally {
+        client.close();
+      }
+      this.creds = { caPem: reply.caPem, keyPem, certPem: reply.certPem };
+      this.state = {
+        nodeId: reply.nodeId,
+        clusterId: reply.clusterId,
+        role: reply.role,
+        ...(reply.raftId !== undefined ? { raftId: reply.raftId } : {}),
+        advertiseAddr: advertise,
+        listenAddr: listen,
+        managers: reply.managers,
+      };
+      this.heartbeatMs = reply.heartbeatMs;
+      this.files.wipeRaft();
+      this.files.saveCredentials(this.creds);
+      this.files.saveState(this.state);
+      if (reply.role === 'manager') {
+        await this.startManager(reply.bootstrapVoters);
+        await this.waitVoter(30_000);
+      }
+      this.startSession();
+      log.info('joined cluster', {
+        clusterId: reply.clusterId,
+        nodeId: reply.nodeId,
+        role: reply.role,
+      });
+      return { clusterId: reply.clusterId, nodeId: reply.nodeId, role: reply.role };
+    } finally {
+      this.changing = false;
+    }
+  }
+
+  private async waitVoter(ms: number): Promise<void> {
+    const m = this.manager!;
+    const id = this.state!.raftId!;
+    const end = Date.now() + ms;
+    while (Date.now() < end) {
+      const st = m.raft.status();
+      if (st.confState.voters.includes(id) && st.lead !== 0) return;
+      await sleep(50);
+    }
+    throw new MeshError(
+      'ETIMEDOUT',
+      'join as manager: not promoted to a voting member within 30 s; it is still catching up or the leader cannot reach this node at its --listen-addr (check firewalls for TCP 2377); see `meshctl cluster info`',
+    );
+  }
+
+  async leave(req: { force?: boolean }): Promise<unknown> {
+    if (!this.state) {
+      throw new MeshError('ENOCLUSTER', 'cluster leave: this node is not in a cluster');
+    }
+    if (this.manager && !req.force) {
+      const voters = this.manager.raft.status().confState.voters.length;
+      throw new MeshError(
+        'ECONFLICT',
+        `cluster leave: this node is a manager (one of ${voters}); demote it first with \`meshctl node demote ${this.state.nodeId}\` on a manager, or pass --force (the remaining managers must keep a quorum)`,
+      );
+    }
+    this.stopSession();
+    if (this.manager) {
+      await this.manager
+        .leaveAsManager()
+        .catch((e: unknown) =>
+          log.warn('leave: could not remove this manager from raft', { err: e }),
+        );
+      await this.manager.close();
+      this.manager = undefined;
+    } else {
+      await this.callManager('leave', {}).catch((e: unknown) =>
+        log.warn('leave: managers not told', { err: e }),
+      );
+    }
+    this.closeRpc();
+    const clusterId = this.state.clusterId;
+    this.files.wipe();
+    this.state = null;
+    this.creds = null;
+    log.info('left the cluster', { clusterId });
+    return { left: clusterId };
+  }
+
+  // ---- agent session ----
+
+  private startSession(): void {
+    this.stopSession();
+    const beat = (): void => {
+      if (this.stopped) return;
+      void this.heartbeat().finally(() => {
+        if (!this.stopped && this.state) this.session = setTimeout(beat, this.heartbeatMs);
+      });
+    };
+    this.session = setTimeout(beat, 10);
+  }
+
+  private stopSession(): void {
+    if (this.session) clearTimeout(this.session);
+    this.session = undefined;
+  }
+
+  private closeRpc(): void {
+    this.rpc?.client.close();
+    this.rpc = undefined;
+  }
+
+  /** Call a manager with this node's certificate; follows ENOTLEADER redirects once. */
+  private async callManager(method: string, params: unknown): Promise<unknown> {
+    const st = this.state!;
+    const creds = this.creds!;
+    const candidates = [
+      ...(this.rpc ? [this.rpc.addr] : []),
+      ...st.managers.map((m) => m.addr).filter((a) => a !== this.rpc?.addr),
+    ];
+    let lastErr: unknown = new MeshError('EUNAVAILABLE', 'no manager known');
+    for (let i = 0; i < candidates.length + 1 && i < 6; i++) {
+      const addr = candidates[i];
+      if (addr === undefined) break;
+      try {
+        if (!this.rpc || this.rpc.addr !== addr) {
+          this.closeRpc();
+          const [host, port] = splitHostPort(addr);
+          const client = await RpcClient.connect({
+            host,
+            port: Number(port),
+            key: creds.keyPem,
+            cert: creds.certPem,
+            ca: creds.caPem,
+            timeoutMs: RPC_TIMEOUT_MS,
+          });
+          this.rpc = { addr, client };
+        }
+        return await this.rpc.client.call(method, params, RPC_TIMEOUT_MS);
+      } catch (e) {
+        lastErr = e;
+        this.closeRpc();
+        const m =
+          e instanceof MeshError && e.code === 'ENOTLEADER'
+            ? /the leader is (\S+)$/.exec(e.message)
+            : null;
+        if (m) candidates.splice(i + 1, 0, m[1]!);
+      }
+    }
+    throw lastErr;
+  }
+
+  private async heartbeat(): Promise<void> {
+    if (!this.state || this.changing) return;
+    try {
+      let reply: { heartbeatMs: number; managers: ManagerAddr[]; desiredRole: string };
+      if (this.manager?.raft.isLeader) {
+        reply = await this.manager.localHeartbeat(this.state.nodeId);
+      } else {
+        reply = (await this.callManager('heartbeat', {
+          nodeId: this.state.nodeId,
+        })) as typeof reply;
+      }
+      this.lastHeartbeatOk = Date.now();
+      this.lastHeartbeatError = '';
+      this.heartbeatMs = reply.heartbeatMs;
+      if (
+        reply.managers.length > 0 &&
+        JSON.stringify(reply.managers) !== JSON.stringify(this.state.managers)
+      ) {
+        this.state = { ...this.state, managers: reply.managers };
+        this.files.saveState(this.state);
+      }
+      if (reply.desiredRole === 'manager' && !this.manager) await this.becomeManager();
+      // A removed member does not always see its own removal commit (the leader stops
+      // replicating to it), so the store's verdict, read by the leader, settles it.
+      else if (reply.desiredRole === 'worker' && this.manager) await this.demoted();
+    } catch (e) {
+      this.lastHeartbeatError = (e as Error).message;
+      log.debug('heartbeat failed', { err: e });
+    }
+  }
+
+  /** This worker was promoted: take a manager certificate and a raft id, start the manager. */
+  private async becomeManager(): Promise<void> {
+    this.changing = true;
+    try {
+      const st = this.state!;
+      const csrPem = await createCsr(this.creds!.keyPem, st.nodeId);
+      const listen = this.listenAddr();
+      const reply = (await this.callManager('promote.accept', {
+        csrPem,
+        listenAddr: this.dialAddr(listen, st.advertiseAddr),
+      })) as JoinReply;
+      this.creds = { ...this.creds!, certPem: reply.certPem, caPem: reply.caPem };
+      this.state = {
+        ...st,
+        role: 'manager',
+        raftId: reply.raftId!,
+        listenAddr: listen,
+        managers: reply.managers,
+      };
+      this.files.wipeRaft();
+      this.files.saveCredentials(this.creds);
+      this.files.saveState(this.state);
+      this.closeRpc();
+      await this.startManager(reply.bootstrapVoters);
+      log.info('promoted to manager', { raftId: reply.raftId });
+    } catch (e) {
+      log.warn('promotion failed; will retry', { err: e });
+    } finally {
+      this.changing = false;
+    }
+  }
+
+  /** Raft removed this manager (demotion): continue as a worker with a worker certificate. */
+  private async demoted(): Promise<void> {
+    if (!this.manager || !this.state) return;
+    this.changing = true;
+    try {
+      const m = this.manager;
+      this.manager = undefined;
+      await m.close();
+      this.files.wipeRaft();
+      const st = this.state;
+      this.state = {
+        ...st,
+        role: 'worker',
+        managers: st.managers.filter((x) => x.nodeId !== st.nodeId),
+      };
+      delete this.state.raftId;
+      this.files.saveState(this.state);
+      const csrPem = await createCsr(this.creds!.keyPem, st.nodeId);
+      for (let i = 0; i < 20 && !this.stopped; i++) {
+        try {
+          const r = (await this.callManager('cert.renew', { csrPem })) as {
+            certPem: string;
+            caPem: string;
+            role: string;
+          };
+          if (r.role === 'worker') {
+            this.creds = { ...this.creds!, certPem: r.certPem, caPem: r.caPem };
+            this.files.saveCredentials(this.creds);
+            break;
+          }
+        } catch (e) {
+          log.debug('renew after demotion failed; retrying', { err: e });
+        }
+        await sleep(500);
+      }
+      this.closeRpc();
+      log.info('demoted to worker');
+    } finally {
+      this.changing = false;
+    }
+  }
+
+  // ---- API ----
+
+  private routes(api: ApiServer): void {
+    const body = (b: unknown): Record<string, unknown> =>
+      b && typeof b === 'object' ? (b as Record<string, unknown>) : {};
+    const text = (v: unknown): string => (typeof v === 'string' ? v : '');
+    const str = (v: unknown): string | undefined =>
+      typeof v === 'string' && v !== '' ? v : undefined;
+    api.route('POST', '/v1/cluster/init', ({ body: b }) => {
+      const o = body(b);
+      return this.init({
+        ...(str(o.advertiseAddr) ? { advertiseAddr: str(o.advertiseAddr)! } : {}),
+        ...(str(o.listenAddr) ? { listenAddr: str(o.listenAddr)! } : {}),
+      });
+    });
+    api.route('POST', '/v1/cluster/join', ({ body: b }) => {
+      const o = body(b);
+      return this.join({
+        token: text(o.token),
+        addr: text(o.addr),
+        ...(str(o.advertiseAddr) ? { advertiseAddr: str(o.advertiseAddr)! } : {}),
+        ...(str(o.listenAddr) ? { listenAddr: str(o.listenAddr)! } : {}),
+      });
+    });
+    api.route('POST', '/v1/cluster/leave', ({ body: b }) =>
+      this.leave({ force: body(b).force === true }),
+    );
+    api.route('GET', '/v1/cluster/join-token', async ({ query }) => {
+      const role = query.get('role');
+      if (role !== 'worker' && role !== 'manager') {
+        throw new UsageError('cluster join-token: say worker or manager');
+      }
+      const m = this.requireManager('cluster join-token');
+      return { role, token: await m.joinToken(role, query.get('rotate') === '1') };
+    });
+    api.route('GET', '/v1/cluster', () => this.info());
+    api.route('GET', '/v1/raft/status', () => this.raftStatus());
+    api.route('GET', '/v1/nodes', async () => {
+      const m = this.requireManager('node ls');
+      const nodes = await m.read((s) => s.list('node'));
+      return nodes.map((n) => ({ ...n, ...this.managerStatus(m, n.raftId) }));
+    });
+    api.route('GET', '/v1/node', async ({ query }) => {
+      const m = this.requireManager('node inspect');
+      const n = await m.findNode(query.get('id') ?? '');
+      return { ...n, ...this.managerStatus(m, n.raftId) };
+    });
+    api.route('POST', '/v1/node/update', ({ body: b }) => {
+      const o = body(b);
+      const m = this.requireManager('node update');
+      const avail = o.availability;
+      if (avail !== undefined && avail !== 'active' && avail !== 'pause' && avail !== 'drain') {
+        throw new UsageError('node update --availability: want active, pause or drain');
+      }
+      const labelAdd = (o.labelAdd ?? {}) as Record<string, string>;
+      const labelRm = (o.labelRm ?? []) as string[];
+      return m.updateNode(text(o.id), {
+        ...(avail !== undefined ? { availability: avail } : {}),
+        labelAdd,
+        labelRm,
+      });
+    });
+    api.route('POST', '/v1/node/promote', ({ body: b }) =>
+      this.requireManager('node promote').promote(text(body(b).id)),
+    );
+    api.route('POST', '/v1/node/demote', ({ body: b }) =>
+      this.requireManager('node demote').demote(text(body(b).id)),
+    );
+    api.route('POST', '/v1/node/rm', async ({ body: b }) => {
+      const o = body(b);
+      await this.requireManager('node rm').removeNode(text(o.id), o.force === true);
+      return { removed: o.id };
+    });
+    // Debug register: what the fault test and the raft benchmark drive. Writes are raft
+    // commits; reads pass a ReadIndex barrier first, so both are linearizable.
+    api.route('POST', '/v1/debug/kv', async ({ body: b }) => {
+      const o = body(b);
+      const key = text(o.key);
+      const value = text(o.value);
+      const m = this.requireManager('debug kv');
+      if ('prev' in o) {
+        if (o.prev !== null && typeof o.prev !== 'string') {
+          throw new UsageError('debug kv: prev must be a string or null');
+        }
+        const prev = o.prev;
+        await m.commit([{ op: 'cas', kind: 'kv', id: key, prev, value }]);
+      } else {
+        await m.commit([{ op: 'put', kind: 'kv', id: key, value }]);
+      }
+      return { ok: true, value };
+    });
+    api.route('GET', '/v1/debug/kv', async ({ query }) => {
+      const m = this.requireManager('debug kv');
+      const key = query.get('key') ?? '';
+      const v = await m.read((s) => s.get('kv', key));
+      return { value: v ? v.value : null };
+    });
+  }
+
+  /** Manager status as this manager sees it: the leader, or whether our raft stream is up. */
+  private managerStatus(
+    m: Manager,
+    raftId: number | undefined,
+  ): { leader: boolean; managerStatus?: 'leader' | 'reachable' | 'unreachable' } {
+    if (raftId === undefined) return { leader: false };
+    const leader = raftId === m.raft.leader;
+    const up = raftId === this.state?.raftId || m.transport.isConnected(raftId);
+    return { leader, managerStatus: leader ? 'leader' : up ? 'reachable' : 'unreachable' };
+  }
+
+  info(): unknown {
+    if (!this.state) return { cluster: null };
+    const st = this.state;
+    const id = this.creds ? certIdentity(this.creds.certPem) : null;
+    return {
+      clusterId: st.clusterId,
+      nodeId: st.nodeId,
+      role: st.role,
+      advertiseAddr: st.advertiseAddr,
+      managers: st.managers,
+      certificate: id ? { role: id.role, notAfter: id.notAfter.toISOString() } : null,
+      session: {
+        lastHeartbeatMsAgo: this.lastHeartbeatOk ? Date.now() - this.lastHeartbeatOk : null,
+        error: this.lastHeartbeatError || undefined,
+      },
+      raft: this.manager ? this.raftStatus() : undefined,
+    };
+  }
+
+  raftStatus(): unknown {
+    const m = this.requireManager('raft status');
+    const s = m.raft.status();
+    const role = ['follower', 'candidate', 'leader', 'precandidate'][s.role] ?? 'unknown';
+    return {
+      raftId: s.id,
+      role,
+      leader: s.lead,
+      leaderAddr: m.leaderAddr() ?? null,
+      term: s.term,
+      commit: s.commit,
+      applied: s.applied,
+      firstIndex: s.firstIndex,
+      lastIndex: s.lastIndex,
+      voters: s.confState.voters,
+      learners: s.confState.learners,
+      progress:
+        s.role === StateRole.Leader
+          ? Object.fromEntries(
+              [...s.progress].map(([k, v]) => [k, { match: v.match, next: v.next }]),
+            )
+          : undefined,
+      counters: m.raft.counters,
+      wal: m.raft.storage.stats(),
+    };
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.stopSession();
+    this.closeRpc();
+    await this.manager?.close();
+  }
+}
+
+function derToPem(der: Buffer): string {
+  const b64 = der.toString('base64').replace(/(.{64})/g, '$1\n');
+  return `-----BEGIN CERTIFICATE-----\n${b64}\n-----END CERTIFICATE-----\n`;
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}

@@ -1,0 +1,799 @@
+/**
+ * The manager role: the cluster store replicated by raft, the control listener on TCP 2377
+ * (raft streams between managers, RPCs from joining nodes and from agents), and the leader's
+ * housekeeping (promote caught-up learners, carry out demotions, mark silent nodes down).
+ *
+ * Every write goes through `commit()` (a raft proposal, resolved with the store's result once
+ * applied here); every read a user sees goes through `read()` (a ReadIndex barrier first, so a
+ * manager that lost touch with the leader never answers from stale state).
+ *
+ * May import src/raft, src/manager, src/util, node built-ins.
+ */
+
+import { hostname as osHostname } from 'node:os';
+import { ConfChangeType, StateRole, type ConfChange, type ConfState } from '../raft/index.js';
+import { RaftTransport } from '../raft/transport.js';
+import type { WalFs } from '../raft/wal.js';
+import { MeshError } from '../util/errors.js';
+import { createLogger } from '../util/log.js';
+import { ControlServer, type PeerIdentity } from './server.js';
+import type { NodeFiles } from './identity.js';
+import {
+  newNodeId,
+  newRaftId,
+  type Credentials,
+  type ManagerAddr,
+  type NodeState,
+} from './identity.js';
+import { CLUSTER_ID, type Cluster, type Node } from './objects.js';
+import {
+  caDigest,
+  certIdentity,
+  issueNodeCert,
+  makeJoinToken,
+  parseJoinToken,
+  tokenMatches,
+} from './pki.js';
+import { RaftNode, decodeProposal } from './raftnode.js';
+import { Store, encodeCommand, type ApplyResult, type Op } from './store.js';
+
+const log = createLogger('manager');
+
+export interface ManagerOptions {
+  files: NodeFiles;
+  state: NodeState;
+  creds: Credentials;
+  /**
+   * Voters at index 0 of an empty log: `[own raft id]` for `cluster init`, the cluster's
+   * bootstrap ids for a joining manager (ignored when the log exists).
+   */
+  bootstrapVoters?: number[];
+  tickMs?: number;
+  electionTick?: number;
+  walFs?: WalFs;
+  /** Called when this manager was removed from raft membership (demoted or removed). */
+  onRemoved?: () => void;
+}
+
+/** Heartbeat period agents use, and the leader's down threshold (3 periods). */
+export const DEFAULT_HEARTBEAT_MS = 2000;
+
+export interface JoinRequest {
+  token: string;
+  csrPem: string;
+  hostname: string;
+  advertiseAddr: string;
+  /** ip:port the node will listen on if it joins as a manager. */
+  listenAddr: string;
+}
+
+export interface JoinReply {
+  nodeId: string;
+  clusterId: string;
+  role: 'manager' | 'worker';
+  raftId?: number;
+  caPem: string;
+  certPem: string;
+  managers: ManagerAddr[];
+  heartbeatMs: number;
+  /** See Cluster.bootstrapRaftIds. */
+  bootstrapVoters: number[];
+}
+
+export interface HeartbeatReply {
+  heartbeatMs: number;
+  managers: ManagerAddr[];
+  desiredRole: 'manager' | 'worker';
+}
+
+export class Manager {
+  store: Store;
+  readonly raft: RaftNode;
+  readonly server: ControlServer;
+  readonly transport: RaftTransport;
+  private readonly files: NodeFiles;
+  private state: NodeState;
+  private creds: Credentials;
+  private housekeeping: NodeJS.Timeout | undefined;
+  /** Leader's in-memory record of agent heartbeats (node id → ms). */
+  private readonly lastSeen = new Map<string, number>();
+  private leaderAt = 0;
+  private closed = false;
+  private removed = false;
+  private readonly onRemoved: (() => void) | undefined;
+  private busyHousekeeping = false;
+
+  private constructor(
+    opts: ManagerOptions,
+    store: Store,
+    raft: RaftNode,
+    server: ControlServer,
+    transport: RaftTransport,
+  ) {
+    this.files = opts.files;
+    this.state = opts.state;
+    this.creds = opts.creds;
+    this.store = store;
+    this.raft = raft;
+    this.server = server;
+    this.transport = transport;
+    this.onRemoved = opts.onRemoved;
+  }
+
+  static async start(opts: ManagerOptions): Promise<Manager> {
+    const st = opts.state;
+    if (st.raftId === undefined) throw new Error('manager start without a raft id');
+    const raftId = st.raftId;
+    const holder: { m?: Manager; store: Store } = { store: new Store() };
+    const transport = new RaftTransport({
+      selfId: raftId,
+      clusterId: st.clusterId,
+      tls: () => ({ key: opts.creds.keyPem, cert: opts.creds.certPem, ca: opts.creds.caPem }),
+      onMessages: (msgs) => holder.m?.raft.step(msgs),
+      onUnreachable: (id) => holder.m?.raft.reportUnreachable(id),
+      onSnapshotStatus: (id, ok) => holder.m?.raft.reportSnapshot(id, ok),
+    });
+    for (const m of st.managers) if (m.raftId !== raftId) transport.setPeer(m.raftId, m.addr);
+    const raft = await RaftNode.open({
+      id: raftId,
+      dir: opts.files.raftDir,
+      ...(opts.bootstrapVoters ? { bootstrapVoters: opts.bootstrapVoters } : {}),
+      sm: {
+        apply: (index, data) => holder.m!.applyEntry(index, data),
+        snapshot: () => holder.store.snapshot(),
+        restore: (data) => {
+          holder.store = Store.restore(data);
+          if (holder.m) holder.m.store = holder.store;
+          holder.m?.syncPeersFromStore();
+        },
+        onConfChange: (cc, cs) => holder.m?.onConfChange(cc, cs),
+        onLeaderChange: (_lead, role) => {
+          if (role === StateRole.Leader && holder.m) holder.m.leaderAt = Date.now();
+        },
+      },
+      transport,
+      ...(opts.tickMs !== undefined ? { tickMs: opts.tickMs } : {}),
+      ...(opts.electionTick !== undefined ? { raft: { electionTick: opts.electionTick } } : {}),
+      ...(opts.walFs !== undefined ? { walFs: opts.walFs } : {}),
+    });
+    const [host, portText] = splitHostPort(st.listenAddr);
+    const server = await ControlServer.listen({
+      host,
+      port: Number(portText),
+      key: opts.creds.keyPem,
+      cert: chainPem(opts.creds.certPem, opts.creds.caPem),
+      ca: opts.creds.caPem,
+      clusterId: st.clusterId,
+      raft: transport,
+    });
+    const m = new Manager(opts, holder.store, raft, server, transport);
+    holder.m = m;
+    m.syncPeersFromStore();
+    m.registerRpc();
+    m.housekeeping = setInterval(() => void m.tick(), 250);
+    log.info('manager started', {
+      raftId,
+      listen: st.listenAddr,
+      cluster: st.clusterId,
+    });
+    return m;
+  }
+
+  // ---- store access ----
+
+  private applyEntry(index: number, data: Uint8Array): ApplyResult {
+    return applyProposal(this.store, index, data);
+  }
+
+  /** Replicate `ops` as one transaction; throws the store's refusal as a MeshError. */
+  async commit(ops: Op[], timeoutMs?: number): Promise<number[]> {
+    const res = (await this.raft.propose(
+      Buffer.from(JSON.stringify(ops)),
+      timeoutMs,
+    )) as ApplyResult;
+    if (!res.ok) throw new MeshError(res.error.code, res.error.message);
+    return res.versions;
+  }
+
+  /** Run `f` against state that includes every write committed before the call. */
+  async read<T>(f: (s: Store) => T, timeoutMs?: number): Promise<T> {
+    await this.raft.readBarrier(timeoutMs);
+    return f(this.store);
+  }
+
+  cluster(): Cluster {
+    const c = this.store.get('cluster', CLUSTER_ID);
+    if (!c) throw new MeshError('EUNAVAILABLE', 'the cluster object is not replicated here yet');
+    return c;
+  }
+
+  // ---- membership and peers ----
+
+  private syncPeersFromStore(): void {
+    for (const n of this.store.list('node')) {
+      if (n.raftId !== undefined && n.raftId !== this.state.raftId && n.managerAddr) {
+        this.transport.setPeer(n.raftId, n.managerAddr);
+      }
+    }
+  }
+
+  private onConfChange(cc: ConfChange, cs: ConfState): void {
+    if (cc.type === ConfChangeType.RemoveNode) {
+      this.transport.removePeer(cc.nodeId);
+      if (cc.nodeId === this.state.raftId && !this.removed) {
+        this.removed = true;
+        log.warn('this manager was removed from the raft membership');
+        setImmediate(() => this.onRemoved?.());
+      }
+      return;
+    }
+    const ctx = parseCtx(cc.context);
+    if (ctx && cc.nodeId !== this.state.raftId) this.transport.setPeer(cc.nodeId, ctx.addr);
+    void cs;
+  }
+
+  /** Managers as the store knows them, for replies to agents and joiners. */
+  managers(): ManagerAddr[] {
+    const out: ManagerAddr[] = [];
+    for (const n of this.store.list('node')) {
+      if (n.role === 'manager' && n.raftId !== undefined && n.managerAddr) {
+        out.push({ raftId: n.raftId, nodeId: n.id, addr: n.managerAddr });
+      }
+    }
+    return out;
+  }
+
+  leaderAddr(): string | undefined {
+    const lead = this.raft.leader;
+    if (lead === 0) return undefined;
+    return this.managers().find((m) => m.raftId === lead)?.addr;
+  }
+
+  // ---- cluster init ----
+
+  /** First writes of a new cluster: the cluster object (CA, token secrets) and this node. */
+  async initialize(
+    ca: { certPem: string; keyPem: string },
+    secrets: { worker: string; manager: string },
+    hostname: string,
+    managerAddr: string,
+  ): Promise<void> {
+    const st = this.state;
+    const id = certIdentity(this.creds.certPem);
+    await this.commit([
+      {
+        op: 'create',
+        kind: 'cluster',
+        value: {
+          id: CLUSTER_ID,
+          clusterId: st.clusterId,
+          bootstrapRaftIds: [st.raftId!],
+          caCertPem: ca.certPem,
+          caKeyPem: ca.keyPem,
+          tokens: secrets,
+          settings: { heartbeatPeriodMs: DEFAULT_HEARTBEAT_MS },
+          keys: [],
+        },
+      },
+      {
+        op: 'create',
+        kind: 'node',
+        value: {
+          id: st.nodeId,
+          hostname,
+          role: 'manager',
+          raftId: st.raftId!,
+          addr: st.advertiseAddr,
+          managerAddr,
+          availability: 'active',
+          labels: {},
+          status: { state: 'ready' },
+          certificate: { notAfter: id.notAfter.getTime(), serial: '' },
+        },
+      },
+    ]);
+  }
+
+  // ---- RPCs on 2377 ----
+
+  private registerRpc(): void {
+    this.server.register('join', (params) => this.handleJoin(params as JoinRequest));
+    this.server.register('heartbeat', (params, peer) => this.handleHeartbeat(params, peer));
+    this.server.register('promote.accept', (params, peer) =>
+      this.handlePromoteAccept(params as { csrPem: string; listenAddr: string }, peer),
+    );
+    this.server.register('cert.renew', (params, peer) =>
+      this.handleRenew(params as { csrPem: string }, peer),
+    );
+    this.server.register('leave', (_params, peer) => this.handleLeave(peer));
+  }
+
+  private async handleJoin(req: JoinRequest): Promise<JoinReply> {
+    if (typeof req?.token !== 'string' || typeof req.csrPem !== 'string') {
+      throw new MeshError('EUSAGE', 'join: token and csrPem are required');
+    }
+    const cluster = await this.read(() => this.cluster());
+    const tok = parseJoinToken(req.token);
+    if (tok.digest !== caDigest(cluster.caCertPem)) {
+      throw new MeshError(
+        'ETOKEN',
+        'join: the token is for another cluster (its CA digest does not match this one); get a token from a manager of this cluster',
+      );
+    }
+    let role: 'manager' | 'worker';
+    if (tokenMatches(req.token, cluster.caCertPem, cluster.tokens.manager)) role = 'manager';
+    else if (tokenMatches(req.token, cluster.caCertPem, cluster.tokens.worker)) role = 'worker';
+    else {
+      throw new MeshError(
+        'ETOKEN',
+        'join: the token is not valid (rotated or mistyped); get a current one with `meshctl cluster join-token worker|manager` on a manager',
+      );
+    }
+    const nodeId = newNodeId();
+    const advertise = String(req.advertiseAddr ?? '');
+    const certPem = await issueNodeCert({
+      caCertPem: cluster.caCertPem,
+      caKeyPem: cluster.caKeyPem,
+      csrPem: req.csrPem,
+      nodeId,
+      role,
+      clusterId: cluster.clusterId,
+      ...(advertise ? { ips: [advertise] } : {}),
+    });
+    const ident = certIdentity(certPem);
+    const raftId = role === 'manager' ? newRaftId() : undefined;
+    await this.commit([
+      {
+        op: 'create',
+        kind: 'node',
+        value: {
+          id: nodeId,
+          hostname: String(req.hostname ?? nodeId).slice(0, 253),
+          role,
+          ...(raftId !== undefined ? { raftId, managerAddr: req.listenAddr } : {}),
+          addr: advertise,
+          availability: 'active',
+          labels: {},
+          status: { state: 'ready' },
+          certificate: { notAfter: ident.notAfter.getTime(), serial: '' },
+        },
+      },
+    ]);
+    this.lastSeen.set(nodeId, Date.now());
+    if (raftId !== undefined) await this.addLearner(raftId, nodeId, req.listenAddr);
+    log.info('node joined', { nodeId, role, addr: advertise });
+    return {
+      nodeId,
+      clusterId: cluster.clusterId,
+      role,
+      ...(raftId !== undefined ? { raftId } : {}),
+      caPem: cluster.caCertPem,
+      certPem,
+      managers: this.managers(),
+      heartbeatMs: cluster.settings.heartbeatPeriodMs,
+      bootstrapVoters: [...(cluster.bootstrapRaftIds ?? [])],
+    };
+  }
+
+  private async addLearner(raftId: number, nodeId: string, addr: string): Promise<void> {
+    this.transport.setPeer(raftId, addr);
+    await this.raft.changeMembership({
+      type: ConfChangeType.AddLearner,
+      nodeId: raftId,
+      context: Buffer.from(JSON.stringify({ nodeId, addr })),
+    });
+  }
+
+  private requirePeer(peer: PeerIdentity | null, what: string): PeerIdentity {
+    if (peer === null || peer.clusterId !== this.state.clusterId) {
+      throw new MeshError('EAUTH', `${what}: a node certificate of this cluster is required`);
+    }
+    return peer;
+  }
+
+  private requireLeader(what: string): void {
+    if (!this.raft.isLeader) {
+      const addr = this.leaderAddr();
+      throw new MeshError(
+        'ENOTLEADER',
+        `${what}: this manager is not the leader${addr ? `; the leader is ${addr}` : ' and no leader is known'}`,
+      );
+    }
+  }
+
+  /** Agents report every heartbeat period; only the leader keeps the record. */
+  private async handleHeartbeat(
+    params: unknown,
+    peer: PeerIdentity | null,
+  ): Promise<HeartbeatReply> {
+    const p = this.requirePeer(peer, 'heartbeat');
+    void params;
+    return this.localHeartbeat(p.nodeId);
+  }
+
+  /** A heartbeat from `nodeId` (the leader's own agent calls this directly). */
+  async localHeartbeat(nodeId: string): Promise<HeartbeatReply> {
+    this.requireLeader('heartbeat');
+    this.lastSeen.set(nodeId, Date.now());
+    const node = this.store.get('node', nodeId);
+    if (!node) {
+      throw new MeshError(
+        'ENOTFOUND',
+        `heartbeat: node ${nodeId} was removed from the cluster; join it again with a token`,
+      );
+    }
+    if (node.status.state !== 'ready') {
+      await this.commit([
+        { op: 'update', kind: 'node', value: { ...node, status: { state: 'ready' } } },
+      ]);
+    }
+    return {
+      heartbeatMs: this.cluster().settings.heartbeatPeriodMs,
+      managers: this.managers(),
+      // Until the leader has removed it from raft, a manager being demoted stays one.
+      desiredRole: node.role === 'manager' ? 'manager' : (node.desiredRole ?? node.role),
+    };
+  }
+
+  /** A worker whose node was promoted asks for its manager certificate and raft membership. */
+  private async handlePromoteAccept(
+    req: { csrPem: string; listenAddr: string },
+    peer: PeerIdentity | null,
+  ): Promise<JoinReply> {
+    const p = this.requirePeer(peer, 'promote');
+    const node = await this.read((s) => s.get('node', p.nodeId));
+    if (!node || node.desiredRole !== 'manager') {
+      throw new MeshError('ECONFLICT', `promote node ${p.nodeId}: it is not marked for promotion`);
+    }
+    const cluster = this.cluster();
+    const certPem = await issueNodeCert({
+      caCertPem: cluster.caCertPem,
+      caKeyPem: cluster.caKeyPem,
+      csrPem: req.csrPem,
+      nodeId: node.id,
+      role: 'manager',
+      clusterId: cluster.clusterId,
+      ips: node.addr ? [node.addr] : [],
+    });
+    const raftId = newRaftId();
+    const { desiredRole: _drop, ...rest } = node;
+    void _drop;
+    await this.commit([
+      {
+        op: 'update',
+        kind: 'node',
+        value: { ...rest, role: 'manager', raftId, managerAddr: req.listenAddr },
+        version: node.version,
+      },
+    ]);
+    await this.addLearner(raftId, node.id, req.listenAddr);
+    return {
+      nodeId: node.id,
+      clusterId: cluster.clusterId,
+      role: 'manager',
+      raftId,
+      caPem: cluster.caCertPem,
+      certPem,
+      managers: this.managers(),
+      heartbeatMs: cluster.settings.heartbeatPeriodMs,
+      bootstrapVoters: [...(cluster.bootstrapRaftIds ?? [])],
+    };
+  }
+
+  /** Re-issue a node's certificate with the role the store says it has (renewal, demotion). */
+  private async handleRenew(req: { csrPem: string }, peer: PeerIdentity | null): Promise<unknown> {
+    const p = this.requirePeer(peer, 'renew certificate');
+    const node = await this.read((s) => s.get('node', p.nodeId));
+    if (!node) throw new MeshError('ENOTFOUND', `renew certificate: node ${p.nodeId} was removed`);
+    const cluster = this.cluster();
+    const certPem = await issueNodeCert({
+      caCertPem: cluster.caCertPem,
+      caKeyPem: cluster.caKeyPem,
+      csrPem: req.csrPem,
+      nodeId: node.id,
+      role: node.role,
+      clusterId: cluster.clusterId,
+      ips: node.addr ? [node.addr] : [],
+    });
+    return { certPem, caPem: cluster.caCertPem, role: node.role };
+  }
+
+  private async handleLeave(peer: PeerIdentity | null): Promise<unknown> {
+    const p = this.requirePeer(peer, 'leave');
+    const node = await this.read((s) => s.get('node', p.nodeId));
+    if (node && node.role === 'worker') {
+      await this.commit([
+        {
+          op: 'update',
+          kind: 'node',
+          value: { ...node, status: { state: 'down', message: 'left the cluster' } },
+        },
+      ]);
+    }
+    this.lastSeen.delete(p.nodeId);
+    return { ok: true };
+  }
+
+  // ---- user operations (API) ----
+
+  async joinToken(role: 'worker' | 'manager', rotate: boolean): Promise<string> {
+    if (rotate) {
+      const c = await this.read(() => this.cluster());
+      const secret = makeJoinToken(c.caCertPem).split('-').pop()!;
+      await this.commit([
+        {
+          op: 'update',
+          kind: 'cluster',
+          value: { ...c, tokens: { ...c.tokens, [role]: secret } },
+          version: c.version,
+        },
+      ]);
+    }
+    const c = await this.read(() => this.cluster());
+    return makeJoinToken(c.caCertPem, c.tokens[role]);
+  }
+
+  async findNode(ref: string): Promise<Node> {
+    return this.read((s) => {
+      const byId = s.get('node', ref);
+      if (byId) return byId;
+      const matches = s.list('node').filter((n) => n.hostname === ref || n.id.startsWith(ref));
+      if (matches.length === 1) return matches[0]!;
+      if (matches.length === 0) {
+        throw new MeshError('ENOTFOUND', `node ${ref}: no such node; see \`meshctl node ls\``);
+      }
+      throw new MeshError(
+        'EUSAGE',
+        `node ${ref}: ambiguous, matches ${matches.map((n) => n.id).join(', ')}; use the full id`,
+      );
+    });
+  }
+
+  async updateNode(
+    ref: string,
+    change: {
+      availability?: Node['availability'];
+      labelAdd?: Record<string, string>;
+      labelRm?: string[];
+    },
+  ): Promise<Node> {
+    const n = await this.findNode(ref);
+    const labels = { ...n.labels, ...(change.labelAdd ?? {}) };
+    for (const k of change.labelRm ?? []) delete labels[k];
+    await this.commit([
+      {
+        op: 'update',
+        kind: 'node',
+        value: { ...n, labels, availability: change.availability ?? n.availability },
+        version: n.version,
+      },
+    ]);
+    return this.findNode(n.id);
+  }
+
+  async promote(ref: string): Promise<Node> {
+    const n = await this.findNode(ref);
+    if (n.role === 'manager') return n;
+    await this.commit([
+      { op: 'update', kind: 'node', value: { ...n, desiredRole: 'manager' }, version: n.version },
+    ]);
+    return this.findNode(n.id);
+  }
+
+  async demote(ref: string): Promise<Node> {
+    const n = await this.findNode(ref);
+    if (n.role === 'worker') return n;
+    const voters = this.raft.status().confState.voters.length;
+    if (voters <= 1) {
+      throw new MeshError(
+        'ECONFLICT',
+        `demote node ${n.hostname}: it is the last manager; promote another node first`,
+      );
+    }
+    const reachable = this.reachableVoters();
+    if (n.raftId !== undefined && reachable - 1 < Math.floor((voters - 1) / 2) + 1) {
+      throw new MeshError(
+        'ECONFLICT',
+        `demote node ${n.hostname}: the remaining managers would lose quorum (${reachable} of ${voters} reachable); bring managers back first`,
+      );
+    }
+    await this.commit([
+      { op: 'update', kind: 'node', value: { ...n, desiredRole: 'worker' }, version: n.version },
+    ]);
+    return this.findNode(n.id);
+  }
+
+  async removeNode(ref: string, force: boolean): Promise<void> {
+    const n = await this.findNode(ref);
+    if (n.role === 'manager') {
+      throw new MeshError(
+        'ECONFLICT',
+        `remove node ${n.hostname}: it is a manager; demote it first (\`meshctl node demote ${n.hostname}\`)`,
+      );
+    }
+    if (n.status.state === 'ready' && !force) {
+      throw new MeshError(
+        'ECONFLICT',
+        `remove node ${n.hostname}: it is up; run \`meshctl cluster leave\` on it first, or use --force`,
+      );
+    }
+    await this.commit([{ op: 'delete', kind: 'node', id: n.id }]);
+    this.lastSeen.delete(n.id);
+  }
+
+  /** Voters the leader heard from recently (itself included); on followers, all voters. */
+  private reachableVoters(): number {
+    const st = this.raft.status();
+    if (st.role !== StateRole.Leader) return st.confState.voters.length;
+    let n = 0;
+    for (const id of st.confState.voters) {
+      if (id === st.id) n++;
+      else if ((st.progress.get(id)?.match ?? 0) + 100 >= st.commit) n++;
+    }
+    return n;
+  }
+
+  /** Leave as a manager (only with --force from the CLI): remove ourselves from raft first. */
+  async leaveAsManager(): Promise<void> {
+    const st = this.raft.status();
+    const me = this.state.raftId!;
+    if (st.confState.voters.length > 1) {
+      if (this.raft.isLeader) {
+        const other = st.confState.voters.find((v) => v !== me)!;
+        this.raft.transferLeadership(other);
+        await waitUntil(() => !this.raft.isLeader && this.raft.leader !== 0, 5000);
+      }
+      const node = this.store.get('node', this.state.nodeId);
+      await this.raft.changeMembership({ type: ConfChangeType.RemoveNode, nodeId: me });
+      if (node) await this.commit([{ op: 'delete', kind: 'node', id: node.id }]).catch(() => {});
+    }
+  }
+
+  // ---- leader housekeeping ----
+
+  private async tick(): Promise<void> {
+    if (this.closed || this.busyHousekeeping || !this.raft.isLeader) return;
+    this.busyHousekeeping = true;
+    try {
+      await this.promoteCaughtUpLearners();
+      await this.carryOutDemotions();
+      await this.markSilentNodes();
+    } catch (e) {
+      log.debug('housekeeping deferred', { err: e });
+    } finally {
+      this.busyHousekeeping = false;
+    }
+  }
+
+  private async promoteCaughtUpLearners(): Promise<void> {
+    const st = this.raft.status();
+    for (const id of st.confState.learners) {
+      const pr = st.progress.get(id);
+      if (pr && pr.match >= st.commit) {
+        log.info('promoting caught-up learner', { raftId: id, match: pr.match });
+        await this.raft.changeMembership({ type: ConfChangeType.PromoteLearner, nodeId: id });
+      }
+    }
+  }
+
+  private async carryOutDemotions(): Promise<void> {
+    for (const n of this.store.list('node')) {
+      if (n.desiredRole !== 'worker' || n.role !== 'manager') continue;
+      const me = this.state.raftId;
+      if (n.raftId === me) {
+        // Never remove ourselves while leading: hand over, the next leader does it.
+        const other = this.raft.status().confState.voters.find((v) => v !== me);
+        if (other !== undefined) this.raft.transferLeadership(other);
+        return;
+      }
+      if (n.raftId !== undefined && this.raft.status().confState.voters.includes(n.raftId)) {
+        await this.raft.changeMembership({ type: ConfChangeType.RemoveNode, nodeId: n.raftId });
+      }
+      const cur = this.store.get('node', n.id)!;
+      const { desiredRole: _d, raftId: _r, managerAddr: _m, ...rest } = cur;
+      void _d;
+      void _r;
+      void _m;
+      await this.commit([
+        { op: 'update', kind: 'node', value: { ...rest, role: 'worker' }, version: cur.version },
+      ]);
+      log.info('demoted manager', { node: n.id });
+    }
+  }
+
+  private async markSilentNodes(): Promise<void> {
+    const period = this.store.get('cluster', CLUSTER_ID)?.settings.heartbeatPeriodMs;
+    if (period === undefined) return;
+    const now = Date.now();
+    // A new leader has no heartbeat record yet: give every agent three periods to find it.
+    if (now - this.leaderAt < 3 * period) return;
+    for (const n of this.store.list('node')) {
+      if (n.status.state !== 'ready') continue;
+      const seen = this.lastSeen.get(n.id) ?? this.leaderAt;
+      if (now - seen > 3 * period) {
+        log.warn('node missed heartbeats; marking it down', { node: n.id, silentMs: now - seen });
+        await this.commit([
+          {
+            op: 'update',
+            kind: 'node',
+            value: {
+              ...n,
+              status: {
+                state: 'down',
+                message: `no heartbeat for ${Math.round((now - seen) / 1000)} s`,
+              },
+            },
+            version: n.version,
+          },
+        ]);
+      }
+    }
+  }
+
+  /** Replace this manager's certificate (renewal or role change) on the listener and dialler. */
+  setCredentials(c: Credentials): void {
+    this.creds = c;
+    this.server.setCredentials({ key: c.keyPem, cert: chainPem(c.certPem, c.caPem), ca: c.caPem });
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.housekeeping) clearInterval(this.housekeeping);
+    await this.server.close();
+    this.transport.close();
+    await this.raft.close();
+  }
+
+  static defaultHostname(): string {
+    return osHostname();
+  }
+}
+
+/** Apply one committed proposal (raftnode's header + JSON ops) to the store. */
+export function applyProposal(store: Store, index: number, data: Uint8Array): ApplyResult {
+  const p = decodeProposal(data);
+  if (p === null) {
+    return { ok: false, error: { code: 'EUSAGE', message: 'undecodable proposal' } };
+  }
+  let ops: unknown;
+  try {
+    ops = JSON.parse(Buffer.from(p.cmd).toString('utf8'));
+  } catch {
+    ops = null;
+  }
+  return store.apply(index, encodeCommand({ client: p.client, seq: p.seq, ops: ops as Op[] }));
+}
+
+function parseCtx(ctx: Uint8Array | undefined): { nodeId: string; addr: string } | null {
+  if (!ctx || ctx.length === 0) return null;
+  try {
+    const o = JSON.parse(Buffer.from(ctx).toString('utf8')) as { nodeId?: unknown; addr?: unknown };
+    if (typeof o.addr === 'string' && typeof o.nodeId === 'string') {
+      return { nodeId: o.nodeId, addr: o.addr };
+    }
+  } catch {
+    // not ours
+  }
+  return null;
+}
+
+/** Our certificate followed by the CA's, so a joiner can pin the CA it is sent. */
+function chainPem(certPem: string, caPem: string): string {
+  return `${certPem.trimEnd()}\n${caPem.trimEnd()}\n`;
+}
+
+export function splitHostPort(addr: string): [string, string] {
+  const i = addr.lastIndexOf(':');
+  if (i <= 0) throw new MeshError('EUSAGE', `address ${addr}: expected IP:PORT`);
+  return [addr.slice(0, i).replace(/^\[|\]$/g, ''), addr.slice(i + 1)];
+}
+
+async function waitUntil(f: () => boolean, ms: number): Promise<boolean> {
+  const end = Date.now() + ms;
+  while (!f()) {
+    if (Date.now() > end) return false;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return true;
+}
