@@ -7,6 +7,9 @@
  * - cpu_ms_per_node_s: CPU (user+sys from /proc) per node per second over a 10 s idle window
  *   that starts 8 s after the cluster formed (steady state, not start-up).
  * - bytes_per_node_s: bytes sent on each host's eth0 per node per second over the same window.
+ * - wakeups_per_node_s: voluntary context switches (summed over all threads, from /proc) per
+ *   node per second over the same window: how often a node blocks and is woken, which is what
+ *   an idle node.js process pays for per event-loop turn.
  *
  * Both sides are timed the same way, from their own event logs with wall-clock stamps: our
  * meshd logs `member join`/`member leave` lines, serf runs an event handler that stamps
@@ -15,7 +18,15 @@
  * {"bench":"gossip","n":…,"ours":{…},"peer":{…}}.
  */
 import { spawnSync, type ChildProcess } from 'node:child_process';
-import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import {
+  chmodSync,
+  existsSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -111,6 +122,21 @@ function cpuTicks(pid: number): number {
   return Number(f[11]) + Number(f[12]);
 }
 
+function wakeups(pid: number): number {
+  let sum = 0;
+  for (const t of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const m = /voluntary_ctxt_switches:\s+(\d+)/.exec(
+        readFileSync(`/proc/${pid}/task/${t}/status`, 'utf8'),
+      );
+      sum += Number(m?.[1] ?? 0);
+    } catch {
+      // the thread exited between readdir and read
+    }
+  }
+  return sum;
+}
+
 function txBytes(h: TestHost): number {
   const j = JSON.parse(h.run('ip', ['-j', '-s', 'link', 'show', 'eth0'])) as Array<{
     stats64: { tx: { bytes: number } };
@@ -181,14 +207,17 @@ async function measure(kind: 'ours' | 'serf', n: number) {
     // (node.js compiles and optimizes for its first seconds; Go does not) is not counted.
     await new Promise((r) => setTimeout(r, SETTLE_MS));
     const cpu0 = procs.map((p) => cpuTicks(p.pid!));
+    const wk0 = procs.map((p) => wakeups(p.pid!));
     const tx0 = net.hosts.map(txBytes);
     const t0 = Date.now();
     await new Promise((r) => setTimeout(r, IDLE_MS));
     const secs = (Date.now() - t0) / 1000;
     const cpu1 = procs.map((p) => cpuTicks(p.pid!));
+    const wk1 = procs.map((p) => wakeups(p.pid!));
     const tx1 = net.hosts.map(txBytes);
     const cpuMs = cpu1.reduce((a, v, i) => a + (v - cpu0[i]!), 0) * (1000 / CLK_TCK);
     const bytes = tx1.reduce((a, v, i) => a + (v - tx0[i]!), 0);
+    const wk = wk1.reduce((a, v, i) => a + (v - wk0[i]!), 0);
 
     // Dead: kill -9 a node in the middle; every survivor must declare it dead.
     const victim = Math.floor(n / 2);
@@ -201,6 +230,7 @@ async function measure(kind: 'ours' | 'serf', n: number) {
       detect_dead_ms: deadAt - killedAt,
       cpu_ms_per_node_s: +(cpuMs / n / secs).toFixed(2),
       bytes_per_node_s: Math.round(bytes / n / secs),
+      wakeups_per_node_s: +(wk / n / secs).toFixed(1),
     };
   } finally {
     net.destroy();
