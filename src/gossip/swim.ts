@@ -380,7 +380,11 @@ export class Swim {
   /** The earliest driver time (ms) at which `tick` has work to do; Infinity after shutdown. */
   nextDeadline(): number {
     if (this.stopped) return Infinity;
-    let d = Math.min(this.nextProbe, this.nextGossip, this.nextPushPull);
+    let d = Math.min(
+      this.nextProbe,
+      this.gossipIdle() ? Infinity : this.nextGossip,
+      this.nextPushPull,
+    );
     const p = this.probe;
     if (p) d = Math.min(d, p.indirect ? p.deadline : p.timeoutAt);
     for (const r of this.relays.values()) if (r.deadline < d) d = r.deadline;
@@ -434,7 +438,7 @@ export class Swim {
    * `joinDone` event; a join that reached no seed should be retried by the driver.
    */
   join(now: number, seeds: readonly Address[]): void {
-    this.now = now;
+    this.advance(now);
     if (this.stopped) return;
     const batch: JoinBatch = { remaining: seeds.length, contacted: 0, errors: [] };
     if (seeds.length === 0) {
@@ -450,7 +454,7 @@ export class Swim {
    * driver should wait for it (with its own time limit) before calling `shutdown`.
    */
   leave(now: number): void {
-    this.now = now;
+    this.advance(now);
     if (this.stopped || this.leaving) return;
     this.leaving = true;
     const me = this.nodeMap.get(this.name);
@@ -472,7 +476,7 @@ export class Swim {
 
   /** New metadata, announced with a fresh incarnation (memberlist UpdateNode). */
   setMeta(now: number, meta: Uint8Array): void {
-    this.now = now;
+    this.advance(now);
     checkMeta('set gossip meta', meta);
     if (this.stopped) return;
     this.aliveNode(
@@ -490,16 +494,18 @@ export class Swim {
 
   /**
    * Queues a user broadcast, piggybacked like membership updates. A `name` makes it replace
-   * a queued broadcast with the same name.
+   * a queued broadcast with the same name. Pass `now` so that it waits for the next gossip
+   * tick of the grid, as it would in memberlist.
    */
-  broadcastUser(payload: Uint8Array, name: string | null = null): void {
+  broadcastUser(payload: Uint8Array, name: string | null = null, now = this.now): void {
+    this.advance(now);
     const msg: PacketMessage = { type: MessageType.user, body: payload };
     this.userQueue.queue({ name, value: msg });
   }
 
   /** Sends a user message to one member, best effort over UDP (memberlist SendBestEffort). */
   sendUser(now: number, to: string, payload: Uint8Array): boolean {
-    this.now = now;
+    this.advance(now);
     const n = this.nodeMap.get(to);
     if (this.stopped || !n) {
       this.counters.userDropped++;
@@ -511,7 +517,7 @@ export class Swim {
 
   /** Sends a user message to one member over a stream (memberlist SendReliable). */
   sendUserReliable(now: number, to: string, payload: Uint8Array): boolean {
-    this.now = now;
+    this.advance(now);
     const n = this.nodeMap.get(to);
     if (this.stopped || !n) {
       this.counters.userDropped++;
@@ -533,7 +539,7 @@ export class Swim {
 
   /** Advances time: probe phases, ack/nack timers, suspicion timeouts, periodic rounds. */
   tick(now: number): void {
-    this.now = now;
+    this.advance(now);
     if (this.stopped) return;
     for (const [seq, r] of this.relays) {
       if (r.deadline > now) continue;
@@ -569,7 +575,7 @@ export class Swim {
 
   /** Handles one message of a received packet (compound, compression, CRC, crypto removed). */
   step(now: number, from: Address, m: PacketMessage): void {
-    this.now = now;
+    this.advance(now);
     if (this.stopped) return;
     switch (m.type) {
       case MessageType.ping:
@@ -600,7 +606,7 @@ export class Swim {
    * theirs, as memberlist does.
    */
   handleStream(now: number, from: Address, m: StreamMessage): StreamMessage | null {
-    this.now = now;
+    this.advance(now);
     if (this.stopped) return null;
     switch (m.type) {
       case MessageType.pushPull: {
@@ -630,7 +636,7 @@ export class Swim {
 
   /** Outcome of a stream from `ready().streams`: the reply read, or null and an error. */
   streamDone(now: number, id: number, reply: StreamMessage | null, error = ''): void {
-    this.now = now;
+    this.advance(now);
     const p = this.pending.get(id);
     if (!p) return;
     this.pending.delete(id);
@@ -1251,6 +1257,28 @@ export class Swim {
   }
 
   // ---- helpers ----
+
+  /**
+   * A gossip tick with nothing to send does nothing (memberlist gossip() returns when
+   * getBroadcasts is empty), so while our queues are empty nextDeadline() leaves the gossip
+   * grid out and the driver sleeps through those ticks. A delegate with its own broadcasts
+   * can fill up unseen, so it keeps every tick.
+   */
+  private gossipIdle(): boolean {
+    return this.queue.length + this.userQueue.length === 0 && !this.delegate.getBroadcasts;
+  }
+
+  /**
+   * Moves the clock to `now` at the start of an input. Queues only change inside inputs, so if
+   * they are empty now they were empty at every gossip tick slept through since the last one:
+   * those ticks are skipped on their grid, and whatever this input queues goes out at the
+   * next tick of the same grid, not at once.
+   */
+  private advance(now: number): void {
+    this.now = now;
+    if (this.nextGossip <= now && this.gossipIdle())
+      this.nextGossip = nextTick(this.nextGossip, now, this.cfg.gossipInterval);
+  }
 
   private emit(e: SwimEvent): void {
     this.out.events.push(e);

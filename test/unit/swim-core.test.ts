@@ -1169,3 +1169,43 @@ t.test('malformed addresses in messages are dropped, never thrown', (t) => {
   t.equal(s.core.member('odd'), undefined);
   t.end();
 });
+
+t.test('idle gossip ticks: no wakeups while the queues are empty; the grid is kept', (t) => {
+  const s = new Solo(5);
+  const control: number[] = [MessageType.ping, MessageType.ackResp, MessageType.indirectPing];
+  const gossipTimes = (from: number, to: number): number[] =>
+    s.sent
+      .filter((x) => x.t >= from && x.t < to && !control.includes(x.msgs[0]!.type))
+      .map((x) => x.t);
+  s.advance(10_000);
+  const early = gossipTimes(0, 10_000);
+  t.ok(early.length > 0, `join broadcasts gossiped (${early.length} packets)`);
+  const phase = early[0]! % LAN_CONFIG.gossipInterval;
+  t.ok(
+    early.every((x) => x % LAN_CONFIG.gossipInterval === phase),
+    'gossip packets on one grid',
+  );
+  t.equal(s.core.queuedBroadcasts().length, 0, 'queue drained');
+
+  const ticks: number[] = [];
+  const tick = s.core.tick.bind(s.core);
+  s.core.tick = (now: number) => {
+    ticks.push(now);
+    tick(now);
+  };
+  s.advance(20_000);
+  // One probe a second (acks come back at once here); 5 gossip ticks a second would be 50 more.
+  t.ok(ticks.length <= 11, `${ticks.length} ticks in 10 idle seconds`);
+  t.same(gossipTimes(10_000, 20_000), [], 'nothing gossiped while idle');
+
+  s.at(20_037, () => s.core.broadcastUser(new Uint8Array([7]), null, s.now));
+  s.advance(25_000);
+  const late = gossipTimes(20_000, 25_000);
+  const first = 20_037 + ((((phase - 20_037) % 200) + 200) % 200);
+  t.equal(late[0], first, 'a broadcast queued between ticks waits for the next tick of the grid');
+  t.ok(
+    late.every((x) => x % LAN_CONFIG.gossipInterval === phase),
+    'and later rounds stay on it',
+  );
+  t.end();
+});
