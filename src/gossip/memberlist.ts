@@ -74,6 +74,13 @@ export interface DriverCounters {
   streamErrors: number;
   /** Throws from the core on an input (a bug or a refused value); counted, input dropped. */
   coreErrors: number;
+  /**
+   * Times the one timer fired. With the transport's packetsIn and streamsIn this is the
+   * gossip layer's share of event-loop wakeups, which is most of an idle node's CPU.
+   */
+  timerFires: number;
+  /** Timer fires after which the core had nothing to send or report (early, or nothing due). */
+  timerFiresIdle: number;
 }
 
 export interface MemberView {
@@ -142,12 +149,15 @@ export class Memberlist extends EventEmitter {
     badStreams: 0,
     streamErrors: 0,
     coreErrors: 0,
+    timerFires: 0,
+    timerFiresIdle: 0,
   };
   private readonly compress: boolean;
   private readonly maxStreamBytes: number;
   private readonly cfg: SwimConfig;
   private timer: NodeJS.Timeout | null = null;
   private timerAt = Infinity;
+  private armPending = false;
   private stopped = false;
   /** Protocol max of peers by address, for the CRC decision (memberlist rawSendMsgPacket). */
   private readonly pmax = new Map<Address, number>();
@@ -267,7 +277,7 @@ export class Memberlist extends EventEmitter {
   }
 
   broadcastUser(payload: Uint8Array, name: string | null = null): void {
-    this.core.broadcastUser(payload, name);
+    this.core.broadcastUser(payload, name, Memberlist.clock());
     this.pump();
   }
 
@@ -450,10 +460,27 @@ export class Memberlist extends EventEmitter {
     this.arm();
   }
 
+  /**
+   * Keeps the one timer at or before `nextDeadline()`. A timer that is due before the new
+   * deadline is left to fire (the tick then finds nothing due and re-arms): clearing it would
+   * not save the wakeup, because Node does not push its libuv timer back when a timer is
+   * cleared. So `timerFires` counts every wakeup our timer costs. Arming waits for the end of
+   * this loop turn (setImmediate runs after the poll phase): a probe's ack that is already in
+   * the socket is read first, and the probe timeout it cancels is never armed.
+   */
   private arm(): void {
+    if (this.stopped || this.armPending) return;
+    this.armPending = true;
+    setImmediate(() => {
+      this.armPending = false;
+      this.armNow();
+    });
+  }
+
+  private armNow(): void {
     if (this.stopped) return;
     const at = this.core.nextDeadline();
-    if (at === this.timerAt && this.timer) return;
+    if (this.timer && this.timerAt <= at) return;
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
     this.timerAt = at;
@@ -462,7 +489,11 @@ export class Memberlist extends EventEmitter {
     this.timer = setTimeout(() => {
       this.timer = null;
       this.timerAt = Infinity;
-      this.input(() => this.core.tick(Memberlist.clock()));
+      this.counters.timerFires++;
+      this.input(() => {
+        this.core.tick(Memberlist.clock());
+        if (!this.core.hasReady()) this.counters.timerFiresIdle++;
+      });
     }, delay);
   }
 
