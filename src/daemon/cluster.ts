@@ -7,12 +7,14 @@
  */
 import { hostname } from 'node:os';
 import {
-  createCsr,
   caDigest,
   certIdentity,
-  generateNodeKey,
   createCA,
+  createCsr,
+  generateNodeKey,
+  issueNodeCert,
   makeJoinToken,
+  needsRenewal,
   parseJoinToken,
 } from '../manager/pki.js';
 import {
@@ -152,7 +154,6 @@ export class ClusterRole {
       const clusterId = newNodeId();
       const ca = await createCA();
       const { keyPem, csrPem } = await generateNodeKey(nodeId);
-      const { issueNodeCert } = await import('../manager/pki.js');
       const certPem = await issueNodeCert({
         caCertPem: ca.certPem,
         caKeyPem: ca.keyPem,
@@ -425,6 +426,7 @@ export class ClusterRole {
         this.state = { ...this.state, managers: reply.managers };
         this.files.saveState(this.state);
       }
+      if (this.creds && needsRenewal(this.creds.certPem, new Date())) await this.renewCert();
       if (reply.desiredRole === 'manager' && !this.manager) await this.becomeManager();
       // A removed member does not always see its own removal commit (the leader stops
       // replicating to it), so the store's verdict, read by the leader, settles it.
@@ -433,6 +435,23 @@ export class ClusterRole {
       this.lastHeartbeatError = (e as Error).message;
       log.debug('heartbeat failed', { err: e });
     }
+  }
+
+  /** Past half its validity the node certificate is re-issued (same key, same identity). */
+  private async renewCert(): Promise<void> {
+    const st = this.state!;
+    const csrPem = await createCsr(this.creds!.keyPem, st.nodeId);
+    const r = (await this.callManager('cert.renew', { csrPem })) as {
+      certPem: string;
+      caPem: string;
+    };
+    this.creds = { ...this.creds!, certPem: r.certPem, caPem: r.caPem };
+    this.files.saveCredentials(this.creds);
+    this.manager?.setCredentials(this.creds);
+    this.closeRpc(); // the next call presents the new certificate
+    log.info('node certificate renewed', {
+      notAfter: certIdentity(r.certPem).notAfter.toISOString(),
+    });
   }
 
   /** This worker was promoted: take a manager certificate and a raft id, start the manager. */

@@ -128,7 +128,10 @@ export class Manager {
     const transport = new RaftTransport({
       selfId: raftId,
       clusterId: st.clusterId,
-      tls: () => ({ key: opts.creds.keyPem, cert: opts.creds.certPem, ca: opts.creds.caPem }),
+      tls: () => {
+        const c = holder.m?.creds ?? opts.creds;
+        return { key: c.keyPem, cert: c.certPem, ca: c.caPem };
+      },
       onMessages: (msgs) => holder.m?.raft.step(msgs),
       onUnreachable: (id) => holder.m?.raft.reportUnreachable(id),
       onSnapshotStatus: (id, ok) => holder.m?.raft.reportSnapshot(id, ok),
