@@ -18,7 +18,7 @@
 import type { AddressInfo } from 'node:net';
 import * as tls from 'node:tls';
 
-import { FrameDecoder, FrameKind, type Frame } from '../raft/codec.js';
+import { encodeAckFrame, FrameDecoder, FrameKind, type Frame } from '../raft/codec.js';
 import {
   decodeJson,
   encodeJsonFrame,
@@ -54,6 +54,11 @@ export interface ControlServerOptions extends TlsCredentials {
   helloTimeoutMs?: number;
   /** RPC requests running at once per connection before we stop reading it. @default 64 */
   maxInflightRpc?: number;
+  /**
+   * How often raft senders hear how many bytes arrived (an Ack frame, when the count moved, and
+   * at least every 5 intervals). Senders redial a stream whose count stops moving. @default 200 ms
+   */
+  ackIntervalMs?: number;
   log?: Logger;
 }
 
@@ -90,6 +95,10 @@ interface Conn {
   paused: boolean;
   closing: boolean;
   helloTimer: NodeJS.Timeout | undefined;
+  /** Bytes received so far, and the count last acknowledged (raft channel). */
+  rxBytes: number;
+  ackedRx: number;
+  ackedAt: number;
 }
 
 export interface ControlServerStats {
@@ -113,6 +122,8 @@ export class ControlServer {
   private readonly maxInflightRpc: number;
   private readonly clusterId: string;
   private nextConn = 0;
+  private readonly ackTimer: NodeJS.Timeout;
+  private readonly ackIntervalMs: number;
 
   private constructor(opts: ControlServerOptions) {
     this.log = opts.log ?? createLogger('control');
@@ -122,6 +133,9 @@ export class ControlServer {
     this.maxAnonFrameBytes = opts.maxAnonFrameBytes ?? 1024 * 1024;
     this.helloTimeoutMs = opts.helloTimeoutMs ?? 10_000;
     this.maxInflightRpc = opts.maxInflightRpc ?? 64;
+    this.ackIntervalMs = opts.ackIntervalMs ?? 200;
+    this.ackTimer = setInterval(() => this.sendAcks(), this.ackIntervalMs);
+    this.ackTimer.unref();
     this.server = tls.createServer({
       key: opts.key,
       cert: opts.cert,
@@ -142,6 +156,7 @@ export class ControlServer {
     const port = opts.port ?? 2377;
     await new Promise<void>((resolve, reject) => {
       const onError = (err: NodeJS.ErrnoException): void => {
+        clearInterval(s.ackTimer);
         reject(
           new MeshError(
             'EUSAGE',
@@ -182,8 +197,20 @@ export class ControlServer {
     this.handlers.set(method, handler);
   }
 
+  private sendAcks(): void {
+    const now = performance.now();
+    for (const c of this.conns) {
+      if (c.channel !== 'raft' || c.closing) continue;
+      if (c.rxBytes === c.ackedRx && now - c.ackedAt < 5 * this.ackIntervalMs) continue;
+      c.ackedRx = c.rxBytes;
+      c.ackedAt = now;
+      c.sock.write(encodeAckFrame(c.rxBytes));
+    }
+  }
+
   /** Stop listening and drop every connection. */
   async close(): Promise<void> {
+    clearInterval(this.ackTimer);
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
     for (const c of this.conns) this.teardown(c);
     await closed;
@@ -202,6 +229,9 @@ export class ControlServer {
       paused: false,
       closing: false,
       helloTimer: undefined,
+      rxBytes: 0,
+      ackedRx: 0,
+      ackedAt: 0,
     };
     this.conns.add(c);
     this.stats.connections++;
@@ -216,6 +246,7 @@ export class ControlServer {
 
   private onData(c: Conn, chunk: Buffer): void {
     if (c.closing) return;
+    c.rxBytes += chunk.length;
     c.decoder.push(chunk);
     try {
       for (let f = c.decoder.next(); f !== undefined && !c.closing; f = c.decoder.next()) {

@@ -17,8 +17,8 @@
  *
  * Decoding never throws anything but MeshError('EWIRE') and never allocates more than a constant
  * times the input length: every count and length is checked against the bytes left before use.
- * Decoded byte fields are copies, never views of the input (a frame buffer must not be kept alive
- * by one small entry in the log).
+ * Decoded byte fields are views into one private copy of the input, never into the input itself
+ * (a socket's read buffer must not be kept alive, or changed under us, through an entry in the log).
  */
 
 import { invariant, MeshError } from '../util/errors.js';
@@ -45,6 +45,12 @@ export enum FrameKind {
   SnapChunk = 4,
   /** Either direction, just before closing: JSON {code, message} saying why. */
   Close = 5,
+  /**
+   * raft channel, receiver to sender: uvarint count of bytes received on this connection so far.
+   * Lets the sender notice a stream that stopped moving (peer frozen, packets dropped) long
+   * before TCP gives up, and dial again.
+   */
+  Ack = 6,
 }
 
 /** u32 length + u8 kind. */
@@ -102,6 +108,7 @@ function putUv(b: Uint8Array, o: number, n: number): number {
 /** Bounds-checked reader over one buffer. */
 class Reader {
   pos: number;
+  private own: Uint8Array | undefined;
   constructor(
     readonly b: Uint8Array,
     pos: number,
@@ -156,8 +163,14 @@ class Reader {
   bytes(what: string): Uint8Array {
     const n = this.uv(`${what} length`);
     if (n > this.left()) throw wireError(`${what} length ${n} exceeds the bytes left`);
-    const out = new Uint8Array(n);
-    if (n > 0) out.set(this.b.subarray(this.pos, this.pos + n));
+    // One private copy of the input, made at the first byte field, and views into it: a small
+    // typed array costs far more to allocate than to copy, and the entries of one batch are
+    // consecutive log entries that the log keeps and drops together.
+    if (this.own === undefined) {
+      this.own = new Uint8Array(this.end);
+      this.own.set(this.b.subarray(0, this.end));
+    }
+    const out = this.own.subarray(this.pos, this.pos + n);
     this.pos += n;
     return out;
   }
@@ -464,6 +477,20 @@ export function encodeFrame(kind: FrameKind, payload: Uint8Array): Uint8Array {
   putFrameHeader(b, 0, kind, payload.length);
   b.set(payload, FRAME_HEADER_BYTES);
   return b;
+}
+
+export function encodeAckFrame(received: number): Uint8Array {
+  const b = new Uint8Array(FRAME_HEADER_BYTES + uvSize(received));
+  putFrameHeader(b, 0, FrameKind.Ack, b.length - FRAME_HEADER_BYTES);
+  putUv(b, FRAME_HEADER_BYTES, received);
+  return b;
+}
+
+export function decodeAck(payload: Uint8Array): number {
+  const r = new Reader(payload, 0, payload.length);
+  const n = r.uv('ack');
+  if (r.left() !== 0) throw wireError('trailing bytes after ack');
+  return n;
 }
 
 export interface Frame {

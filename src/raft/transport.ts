@@ -18,6 +18,7 @@ import { MeshError } from '../util/errors.js';
 import { createLogger, type Logger } from '../util/log.js';
 import {
   batchHeaderBytes,
+  decodeAck,
   decodeBatch,
   decodeSnapChunk,
   encodeBatchInto,
@@ -182,6 +183,13 @@ export interface RaftTransportOptions {
   backoffMaxMs?: number;
   /** TCP connect plus TLS handshake. @default 2000 */
   dialTimeoutMs?: number;
+  /**
+   * A stream whose unacknowledged bytes have not moved for this long is closed and dialled
+   * again: a frozen peer or a partition would otherwise hold it until TCP gives up (minutes),
+   * and after the partition heals TCP's backed-off retransmissions would keep it stalled for
+   * seconds more. @default 2000
+   */
+  stallMs?: number;
   log?: Logger;
 }
 
@@ -228,6 +236,11 @@ class Link {
   sentSnaps: OutSnap[] = [];
   snapSeq = 0;
   failures = 0;
+  /** Bytes written to the current connection, bytes the peer acknowledged, and when the
+   * acknowledged count last moved (or everything was acknowledged). */
+  sent = 0;
+  acked = 0;
+  progressAt = 0;
 
   constructor(
     readonly id: number,
@@ -277,6 +290,8 @@ export class RaftTransport implements RaftInbound {
   private readonly backoffMinMs: number;
   private readonly backoffMaxMs: number;
   private readonly dialTimeoutMs: number;
+  private readonly stallMs: number;
+  private readonly stallTimer: NodeJS.Timeout;
   private readonly checkIdentity: ReturnType<typeof managerIdentityCheck>;
   private closed = false;
   readonly stats: TransportStats = {
@@ -301,10 +316,13 @@ export class RaftTransport implements RaftInbound {
     this.backoffMinMs = opts.backoffMinMs ?? 50;
     this.backoffMaxMs = opts.backoffMaxMs ?? 500;
     this.dialTimeoutMs = opts.dialTimeoutMs ?? 2000;
+    this.stallMs = opts.stallMs ?? 2000;
     this.checkIdentity = managerIdentityCheck(opts.clusterId);
     if (this.chunkBytes + 1024 > this.maxFrameBytes) {
       throw new MeshError('EUSAGE', 'raft transport: chunkBytes must be below maxFrameBytes');
     }
+    this.stallTimer = setInterval(() => this.checkStalls(), Math.min(250, this.stallMs / 4));
+    this.stallTimer.unref();
   }
 
   /** Add a peer or move it to a new address (the old connection is dropped). */
@@ -393,7 +411,7 @@ export class RaftTransport implements RaftInbound {
     for (let i = 0; i < q.length; i++) {
       const m = q[i]!;
       if (m.type === MessageType.Snap) {
-        if (i > start) this.writeBatch(sock, q, start, i, body);
+        if (i > start) this.writeBatch(link, sock, q, start, i, body);
         start = i + 1;
         body = 0;
         if (m.snapshot === undefined) {
@@ -406,7 +424,7 @@ export class RaftTransport implements RaftInbound {
       }
       const size = messageBytes(m);
       if (size + 16 > this.maxFrameBytes) {
-        if (i > start) this.writeBatch(sock, q, start, i, body);
+        if (i > start) this.writeBatch(link, sock, q, start, i, body);
         start = i + 1;
         body = 0;
         this.log.error('raft message larger than the frame limit dropped', {
@@ -418,19 +436,20 @@ export class RaftTransport implements RaftInbound {
         continue;
       }
       if (body + size + 16 > this.maxFrameBytes) {
-        this.writeBatch(sock, q, start, i, body);
+        this.writeBatch(link, sock, q, start, i, body);
         start = i;
         body = 0;
       }
       body += size;
     }
-    if (q.length > start) this.writeBatch(sock, q, start, q.length, body);
+    if (q.length > start) this.writeBatch(link, sock, q, start, q.length, body);
     this.pumpSnaps(link, sock);
     sock.uncork();
   }
 
   /** One frame holding q[start, end), whose messages take `msgBytes` together. */
   private writeBatch(
+    link: Link,
     sock: tls.TLSSocket,
     q: Message[],
     start: number,
@@ -442,6 +461,7 @@ export class RaftTransport implements RaftInbound {
     putFrameHeader(buf, 0, FrameKind.RaftBatch, body);
     encodeBatchInto(q, buf, FRAME_HEADER_BYTES, start, end);
     sock.write(buf);
+    link.sent += buf.length;
     this.stats.framesOut++;
     this.stats.bytesOut += buf.length;
     this.stats.messagesOut += end - start;
@@ -466,6 +486,7 @@ export class RaftTransport implements RaftInbound {
       s.off += n;
       this.stats.framesOut++;
       this.stats.bytesOut += frame.length + n;
+      link.sent += frame.length + n;
       if (s.off < data.length) {
         sock.write(frame);
         sock.write(piece);
@@ -530,15 +551,25 @@ export class RaftTransport implements RaftInbound {
         from: this.opts.selfId,
         clusterId: this.opts.clusterId,
       };
-      sock.write(encodeJsonFrame(FrameKind.Hello, hello));
+      const helloFrame = encodeJsonFrame(FrameKind.Hello, hello);
+      sock.write(helloFrame);
+      link.sent = helloFrame.length;
+      link.acked = 0;
+      link.progressAt = performance.now();
       if (link.queue.length > 0) this.flush(link);
     });
     sock.on('data', (chunk: Buffer) => {
-      // The server only ever sends a Close frame on this channel, to say why it refused us.
+      // The server sends Ack frames on this channel, and a Close frame to say why it refused us.
       try {
         decoder.push(chunk);
         for (let f = decoder.next(); f !== undefined; f = decoder.next()) {
-          if (f.kind === FrameKind.Close) {
+          if (f.kind === FrameKind.Ack) {
+            const n = decodeAck(f.payload);
+            if (n > link.acked && link.sock === sock) {
+              link.acked = n;
+              link.progressAt = performance.now();
+            }
+          } else if (f.kind === FrameKind.Close) {
             const why = decodeJson(f.payload, 'close frame') as { message?: unknown };
             this.log.warn('raft peer closed our stream', {
               peer: link.id,
@@ -589,6 +620,26 @@ export class RaftTransport implements RaftInbound {
       link.backoffMs === 0 ? this.backoffMinMs : link.backoffMs * 2,
     );
     link.timer = setTimeout(() => this.dial(link), link.backoffMs);
+  }
+
+  /** Close streams whose unacknowledged bytes stopped moving; the close handler redials. */
+  private checkStalls(): void {
+    const now = performance.now();
+    for (const link of this.links.values()) {
+      if (link.state !== 'up' || link.sock === undefined) continue;
+      if (link.acked >= link.sent) {
+        link.progressAt = now;
+        continue;
+      }
+      if (now - link.progressAt < this.stallMs) continue;
+      this.log.warn('raft stream stalled, dialling again', {
+        peer: link.id,
+        addr: link.addr,
+        unacked: link.sent - link.acked,
+        ms: Math.round(now - link.progressAt),
+      });
+      link.sock.destroy();
+    }
   }
 
   private failSnaps(link: Link): void {
@@ -709,6 +760,7 @@ export class RaftTransport implements RaftInbound {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    clearInterval(this.stallTimer);
     for (const link of this.links.values()) this.shut(link);
     this.links.clear();
     this.reasm.clear();

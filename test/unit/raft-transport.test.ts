@@ -301,6 +301,64 @@ t.test('a restarted peer is reconnected', async (t) => {
   t.end();
 });
 
+t.test('a stalled stream (frozen peer) is noticed and dialled again', async (t) => {
+  const n2 = await startNode(2);
+  let frozen = false;
+  const pairs = new Set<net.Socket>();
+  const held: (() => void)[] = [];
+  // A TCP relay that can stop forwarding without closing anything, like a SIGSTOPped peer.
+  const relay = net.createServer((down) => {
+    const up = net.connect(n2.port, '127.0.0.1');
+    pairs.add(down).add(up);
+    const fwd = (from: net.Socket, to: net.Socket): void => {
+      from.on('data', (c) => (frozen ? held.push(() => to.write(c)) : to.write(c)));
+      from.on('close', () => to.destroy());
+      from.on('error', () => {});
+    };
+    fwd(down, up);
+    fwd(up, down);
+  });
+  await new Promise<void>((r) => relay.listen(0, '127.0.0.1', r));
+  const unreachable: number[] = [];
+  const tr = new RaftTransport({
+    selfId: 1,
+    clusterId: CLUSTER,
+    tls: () => creds.get(1)!,
+    onMessages: () => {},
+    onUnreachable: (id) => unreachable.push(id),
+    onSnapshotStatus: () => {},
+    stallMs: 400,
+    dialTimeoutMs: 300,
+    backoffMinMs: 20,
+    backoffMaxMs: 100,
+  });
+  tr.setPeer(2, `127.0.0.1:${(relay.address() as net.AddressInfo).port}`);
+  tr.send([app(1, 2, 1)]);
+  await waitFor('first delivery', () => n2.got.length === 1);
+  frozen = true;
+  tr.send([app(1, 2, 2)]);
+  await waitFor('stall noticed', () => logLines.some((l) => /raft stream stalled/.test(l)));
+  await waitFor('loss of the stream reported', () => unreachable.includes(2));
+  t.notOk(tr.isConnected(2), 'stream closed');
+  frozen = false;
+  held.length = 0;
+  const dials = tr.stats.dials;
+  await waitFor('delivery on a new stream', () => {
+    tr.send([app(1, 2, 3)]);
+    return n2.got.some((m) => m.index === 3);
+  });
+  t.ok(tr.stats.dials > dials || dials > 1, `dialled again (${tr.stats.dials} dials)`);
+  t.notOk(
+    n2.got.some((m) => m.index === 2),
+    'the frame held by the frozen stream was dropped',
+  );
+  tr.close();
+  for (const s of pairs) s.destroy();
+  await new Promise<void>((r) => relay.close(() => r()));
+  await stopNode(n2);
+  t.end();
+});
+
 t.test('a 5 MiB snapshot arrives intact in chunks, beside ordinary traffic', async (t) => {
   const n1 = await startNode(1);
   const n2 = await startNode(2);
