@@ -141,13 +141,9 @@ interface Watcher {
 }
 
 export class Store {
-  private readonly tables = new Map<Kind, Map<string, StoreObject>>(
-    KINDS.map((k) => [k, new Map()]),
-  );
+  private tables = new Map<Kind, Map<string, StoreObject>>(KINDS.map((k) => [k, new Map()]));
   /** name → id for kinds whose names are unique. */
-  private readonly names = new Map<Kind, Map<string, string>>(
-    NAMED_KINDS.map((k) => [k, new Map()]),
-  );
+  private names = new Map<Kind, Map<string, string>>(NAMED_KINDS.map((k) => [k, new Map()]));
   private sessions = new SessionTable();
   private applied = 0;
   private watchers: Watcher[] = [];
@@ -263,6 +259,44 @@ export class Store {
     return encoder.encode(
       JSON.stringify({ format: SNAPSHOT_FORMAT, appliedIndex: this.applied, sessions, objects }),
     );
+  }
+
+  /**
+   * Replace the whole state with a snapshot's, in place (raft installed one sent by the leader).
+   * Watchers stay and see the difference as ordinary events at the snapshot's index: first the
+   * deletes, then creates and updates (an object whose id, version and createdIndex are
+   * unchanged is the same object, since versions are log indices, and stays the same reference).
+   * Bad bytes throw MeshError('ESNAPSHOT') and change nothing.
+   */
+  load(bytes: Uint8Array): void {
+    invariant(!this.applying, 'store.load called from inside a watcher');
+    const next = Store.restore(bytes);
+    const index = next.applied;
+    const gone: WatchEvent[] = [];
+    const changed: WatchEvent[] = [];
+    for (const k of KINDS) {
+      const before = this.tables.get(k)!;
+      const after = next.tables.get(k)!;
+      for (const o of [...before.values()].sort(byId)) {
+        if (!after.has(o.id)) gone.push({ kind: k, op: 'delete', object: o, index } as WatchEvent);
+      }
+      for (const o of next.list(k)) {
+        const p = before.get(o.id);
+        if (p === undefined) {
+          changed.push({ kind: k, op: 'create', object: o, index } as WatchEvent);
+        } else if (p.version !== o.version || p.createdIndex !== o.createdIndex) {
+          changed.push({ kind: k, op: 'update', object: o, prev: p, index } as WatchEvent);
+        } else {
+          after.set(o.id, p);
+        }
+      }
+    }
+    this.tables = next.tables;
+    this.names = next.names;
+    this.sessions = next.sessions;
+    this.applied = next.applied;
+    const events = [...gone, ...changed];
+    if (events.length > 0) this.emit(events);
   }
 
   /** Rebuild a store from snapshot() bytes; throws MeshError('ESNAPSHOT') if they are not. */
