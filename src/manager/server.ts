@@ -15,6 +15,7 @@
  * Driver code: may import node:tls, src/raft (codec, transport), src/util.
  */
 
+import { X509Certificate } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import * as tls from 'node:tls';
 
@@ -424,6 +425,34 @@ interface Pending {
   method: string;
 }
 
+/**
+ * Without a CA to verify against, check the chain's own signatures: each certificate issued and
+ * signed by the next, the last one self-signed, all within their validity. A digest pin on the
+ * root means nothing without this (anyone can send the public CA certificate after a leaf of
+ * their own). Returns why not, or undefined.
+ */
+export function chainProblem(chain: Buffer[], now: Date): string | undefined {
+  if (chain.length < 2) return 'server sent no CA certificate with its own';
+  let certs: X509Certificate[];
+  try {
+    certs = chain.map((der) => new X509Certificate(der));
+  } catch {
+    return 'server certificate chain does not parse';
+  }
+  for (let i = 0; i < certs.length; i++) {
+    const c = certs[i]!;
+    const issuer = certs[i + 1] ?? c;
+    if (!c.checkIssued(issuer) || !c.verify(issuer.publicKey)) {
+      return `certificate ${i} of the server chain is not signed by the next`;
+    }
+    if (now < new Date(c.validFrom) || now > new Date(c.validTo)) {
+      return `certificate ${i} of the server chain is not valid now (${c.validFrom} to ${c.validTo})`;
+    }
+  }
+  if (!certs[certs.length - 1]!.ca) return 'root of the server chain is not a CA';
+  return undefined;
+}
+
 /** The server's chain as DER buffers, leaf first, root last (as far as the server sent it). */
 function chainOf(sock: tls.TLSSocket): Buffer[] {
   const out: Buffer[] = [];
@@ -470,16 +499,23 @@ export class RpcClient {
     }
     const timeoutMs = opts.timeoutMs ?? 10_000;
     return new Promise<RpcClient>((resolve, reject) => {
-      const sock = tls.connect({
-        host: opts.host,
-        port,
-        ...(opts.key !== undefined ? { key: opts.key } : {}),
-        ...(opts.cert !== undefined ? { cert: opts.cert } : {}),
-        ...(opts.ca !== undefined ? { ca: opts.ca } : {}),
-        rejectUnauthorized: opts.ca !== undefined,
-        checkServerIdentity: managerIdentityCheck(undefined),
-        minVersion: 'TLSv1.3',
-      });
+      let sock: tls.TLSSocket;
+      try {
+        sock = tls.connect({
+          host: opts.host,
+          port,
+          ...(opts.key !== undefined ? { key: opts.key } : {}),
+          ...(opts.cert !== undefined ? { cert: opts.cert } : {}),
+          ...(opts.ca !== undefined ? { ca: opts.ca } : {}),
+          rejectUnauthorized: opts.ca !== undefined,
+          checkServerIdentity: managerIdentityCheck(undefined),
+          minVersion: 'TLSv1.3',
+        });
+      } catch (e) {
+        const msg = e instanceof Error ? e.message : String(e);
+        reject(new MeshError('EUSAGE', `rpc connect ${where}: bad key or certificate: ${msg}`));
+        return;
+      }
       const client = new RpcClient(sock, where, opts.maxFrameBytes ?? 64 * 1024 * 1024);
       let settled = false;
       const fail = (e: Error): void => {
@@ -498,6 +534,10 @@ export class RpcClient {
         if (settled) return;
         client.chain = chainOf(sock);
         try {
+          if (opts.ca === undefined) {
+            const why = chainProblem(client.chain, new Date());
+            if (why !== undefined) throw new Error(why);
+          }
           opts.checkServer?.(client.chain);
         } catch (e) {
           const msg = e instanceof Error ? e.message : String(e);

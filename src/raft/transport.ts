@@ -516,18 +516,18 @@ export class RaftTransport implements RaftInbound {
     link.state = 'connecting';
     link.timer = undefined;
     this.stats.dials++;
-    let creds: TlsCredentials;
+    let secureContext: tls.SecureContext;
     try {
-      creds = this.opts.tls();
+      secureContext = this.ctx.get(this.opts.tls());
     } catch (e) {
-      this.log.error('raft dial: no credentials', { peer: link.id, err: e });
+      this.log.error('raft dial: no usable credentials', { peer: link.id, err: e });
       this.onDown(link, undefined);
       return;
     }
     const sock = tls.connect({
       host: link.host,
       port: link.port,
-      secureContext: this.ctx.get(creds),
+      secureContext,
       checkServerIdentity: this.checkIdentity,
       minVersion: 'TLSv1.3',
     });

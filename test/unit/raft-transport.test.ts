@@ -11,7 +11,7 @@ import * as tls from 'node:tls';
 
 import t from 'tap';
 
-import { ControlServer, RpcClient } from '../../src/manager/server.js';
+import { chainProblem, ControlServer, RpcClient } from '../../src/manager/server.js';
 import { encodeFrame, FrameDecoder, FrameKind } from '../../src/raft/codec.js';
 import { encodeJsonFrame, RaftTransport, type TlsCredentials } from '../../src/raft/transport.js';
 import { EntryType, MessageType, type Message } from '../../src/raft/types.js';
@@ -528,6 +528,39 @@ t.test('rpc: results, errors, identities, CA pinning', async (t) => {
     'EUSAGE',
     'neither a CA nor a pin',
   );
+  // An impostor sends its own leaf followed by our (public) CA certificate: the pin matches the
+  // root, but the leaf is not signed by it, so the joiner must refuse.
+  const impostor = await ControlServer.listen({
+    host: '127.0.0.1',
+    port: 0,
+    clusterId: CLUSTER,
+    key: foreign.key,
+    cert: foreign.cert + CA_PEM,
+    ca: foreign.ca,
+  });
+  let pinned = false;
+  const fooled = (await errOf(
+    RpcClient.connect({
+      host: '127.0.0.1',
+      port: impostor.address().port,
+      checkServer: (chain) => {
+        pinned =
+          createHash('sha256')
+            .update(chain[chain.length - 1]!)
+            .digest('hex') === digest;
+      },
+    }),
+  )) as MeshError;
+  t.equal(fooled.code, 'EAUTH', 'impostor refused');
+  t.match(fooled.message, /not signed by the next|no CA certificate/);
+  t.notOk(pinned, 'refused before the pin is even consulted');
+  await impostor.close();
+  const der = (pem: string): Buffer => new X509Certificate(pem).raw;
+  const now = new Date();
+  t.equal(chainProblem([der(creds.get(1)!.cert), caDer], now), undefined, 'our chain verifies');
+  t.match(chainProblem([der(foreign.cert), caDer], now), /not signed by the next/);
+  t.match(chainProblem([der(creds.get(1)!.cert), caDer], new Date(Date.now() + 9e9)), /not valid/);
+  t.match(chainProblem([der(creds.get(1)!.cert), der(creds.get(2)!.cert)], now), /not signed/);
   // A client trusting another CA refuses our server.
   const evil = (await errOf(
     RpcClient.connect({ host: '127.0.0.1', port, ca: foreign.ca }),
