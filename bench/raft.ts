@@ -4,7 +4,8 @@
  * host (ours 198.18.0.1–3, etcd 198.18.0.4–6), data dirs in tmp dirs on the same filesystem.
  * The load generator (bench/lib/load.ts) is a child process in a 7th host (198.18.0.7), the same
  * code for both sides; writers are spread round-robin over the 3 members, as etcd's
- * `benchmark put` spreads its connections over the endpoints.
+ * `benchmark put` spreads its connections over the endpoints (`--target leader` sends every
+ * writer to the current leader instead, to show what forwarding from followers costs).
  *
  * Both clusters run for the whole bench and the measurements alternate between them (level by
  * level, failover by failover, who goes first alternating too), so load from other work on this
@@ -90,11 +91,18 @@ async function step(run: Run, what: string, fn: () => Promise<void>): Promise<vo
   }
 }
 
-async function level(run: Run, worker: LoadWorker, w: number, seconds: number): Promise<void> {
+async function level(
+  run: Run,
+  worker: LoadWorker,
+  w: number,
+  opts: { seconds: number; toLeader: boolean },
+): Promise<void> {
   const c = run.cluster;
+  const seconds = opts.seconds;
   const pids = c.targets.map((_, i) => c.pid(i));
   const cpu0 = pids.map(cpuMs);
-  const r = await worker.level(c.targets, w, WARMUP_MS, seconds * 1000);
+  const targets = opts.toLeader ? [c.targets[await c.leader()]!] : c.targets;
+  const r = await worker.level(targets, w, WARMUP_MS, seconds * 1000);
   const memberCpu = pids.reduce((a, p, i) => a + cpuMs(p) - cpu0[i]!, 0);
   const wall = WARMUP_MS + seconds * 1000;
   note(
@@ -143,7 +151,7 @@ async function failover(run: Run, worker: LoadWorker, k: number, of: number): Pr
 
 async function measure(
   sides: Side[],
-  opts: { seconds: number; rounds: number; failovers: number; grpc: boolean },
+  opts: { seconds: number; rounds: number; failovers: number; grpc: boolean; toLeader: boolean },
 ): Promise<Run[]> {
   const net = TestNet.create({ hosts: 3 * sides.length + 1 });
   const worker = LoadWorker.start(net.hosts[net.hosts.length - 1]!.ns);
@@ -167,7 +175,7 @@ async function measure(
     for (let round = 0; round < opts.rounds; round++)
       for (const [k, w] of LEVELS.entries())
         for (const r of order(round + k))
-          await step(r, `${w} writers`, () => level(r, worker, w, opts.seconds));
+          await step(r, `${w} writers`, () => level(r, worker, w, opts));
     for (let k = 0; k < opts.failovers; k++)
       for (const r of order(k))
         await step(r, `failover ${k + 1}`, () => failover(r, worker, k, opts.failovers));
@@ -191,6 +199,7 @@ export async function main(args: string[]): Promise<void> {
       rounds: { type: 'string', default: '1' },
       failovers: { type: 'string', default: '7' },
       'etcd-client': { type: 'string', default: 'gateway' },
+      target: { type: 'string', default: 'all' },
     },
   });
   const only = values.only;
@@ -199,6 +208,8 @@ export async function main(args: string[]): Promise<void> {
   const client = values['etcd-client'];
   if (client !== 'gateway' && client !== 'grpc')
     throw new Error(`bench raft: --etcd-client ${JSON.stringify(client)}: want gateway or grpc`);
+  if (values.target !== 'all' && values.target !== 'leader')
+    throw new Error(`bench raft: --target ${JSON.stringify(values.target)}: want all or leader`);
   const seconds = Number(values.seconds);
   const failovers = Number(values.failovers);
   if (!(seconds > 0 && seconds <= 600)) throw new Error('bench raft: --seconds: want 1..600');
@@ -210,7 +221,13 @@ export async function main(args: string[]): Promise<void> {
 
   const sides: Side[] = only ? [only] : ['ours', 'etcd'];
   if (sides.includes('etcd')) note(`etcd ${checkEtcd()}, client: ${client}`);
-  const runs = await measure(sides, { seconds, rounds, failovers, grpc: client === 'grpc' });
+  const runs = await measure(sides, {
+    seconds,
+    rounds,
+    failovers,
+    grpc: client === 'grpc',
+    toLeader: values.target === 'leader',
+  });
   const result = (side: Side): Result => {
     const r = runs.find((x) => x.side === side);
     if (!r) return null;
