@@ -25,7 +25,7 @@ import {
   type ManagerAddr,
   type NodeState,
 } from '../manager/identity.js';
-import { Manager, splitHostPort, type JoinReply } from '../manager/manager.js';
+import { Manager, splitHostPort, type HeartbeatReply, type JoinReply } from '../manager/manager.js';
 import { forceNewCluster } from '../manager/recovery.js';
 import { RpcClient } from '../manager/server.js';
 import { lossyFsFromEnv } from '../raft/lossyfs.js';
@@ -34,6 +34,7 @@ import { MeshError, UsageError } from '../util/errors.js';
 import { createLogger } from '../util/log.js';
 import type { ApiServer } from './api.js';
 import type { DaemonConfig } from './config.js';
+import type { GossipRole } from './gossip.js';
 
 const log = createLogger('cluster');
 
@@ -52,7 +53,12 @@ export class ClusterRole {
   private changing = false;
   private stopped = false;
 
-  private constructor(private readonly cfg: DaemonConfig) {
+  private lastGossipJoin = 0;
+
+  private constructor(
+    private readonly cfg: DaemonConfig,
+    private readonly gossip: GossipRole | undefined,
+  ) {
     this.files = new NodeFiles(cfg.dataDir);
     this.state = this.files.loadState();
     this.creds = this.files.loadCredentials();
@@ -61,9 +67,9 @@ export class ClusterRole {
   static async start(
     cfg: DaemonConfig,
     api: ApiServer,
-    opts: { forceNewCluster?: boolean } = {},
+    opts: { forceNewCluster?: boolean; gossip?: GossipRole } = {},
   ): Promise<ClusterRole> {
-    const c = new ClusterRole(cfg);
+    const c = new ClusterRole(cfg, opts.gossip);
     c.routes(api);
     if (c.state && c.creds) {
       if (c.state.role === 'manager') {
@@ -183,6 +189,7 @@ export class ClusterRole {
         { worker: secret(), manager: secret() },
         this.hostname(),
         self.addr,
+        this.gossip ? `${advertise}:${this.cfg.gossipPort}` : undefined,
       );
       this.files.saveCredentials(this.creds);
       this.files.saveState(this.state);
@@ -257,6 +264,7 @@ export class ClusterRole {
             hostname: this.hostname(),
             advertiseAddr: advertise,
             listenAddr: this.dialAddr(listen, advertise),
+            ...(this.gossip ? { gossipAddr: `${advertise}:${this.cfg.gossipPort}` } : {}),
           },
           RPC_TIMEOUT_MS,
         )) as JoinReply;
@@ -408,7 +416,7 @@ export class ClusterRole {
   private async heartbeat(): Promise<void> {
     if (!this.state || this.changing) return;
     try {
-      let reply: { heartbeatMs: number; managers: ManagerAddr[]; desiredRole: string };
+      let reply: HeartbeatReply;
       if (this.manager?.raft.isLeader) {
         reply = await this.manager.localHeartbeat(this.state.nodeId);
       } else {
@@ -417,6 +425,15 @@ export class ClusterRole {
         })) as typeof reply;
       }
       this.lastHeartbeatOk = Date.now();
+      if (
+        this.gossip &&
+        reply.gossipSeeds.length > 0 &&
+        this.gossip.peerCount() === 0 &&
+        Date.now() - this.lastGossipJoin > 5000
+      ) {
+        this.lastGossipJoin = Date.now();
+        void this.gossip.joinSeeds(reply.gossipSeeds).catch(() => undefined);
+      }
       this.lastHeartbeatError = '';
       this.heartbeatMs = reply.heartbeatMs;
       if (

@@ -82,6 +82,20 @@ export class GossipRole {
     log.error('gave up joining: no seed answered', { seeds: seeds.join(',') });
   }
 
+  /** Alive members other than this node. */
+  peerCount(): number {
+    return this.ml.members().filter((m) => m.state === 'alive' && m.name !== this.ml.name).length;
+  }
+
+  /** Join these `ip:port` seeds once (the cluster role hands them out from the managers). */
+  async joinSeeds(seeds: string[]): Promise<number> {
+    if (seeds.length === 0) return 0;
+    const r = await this.ml.join(seeds);
+    if (r.contacted > 0)
+      log.info('joined gossip through cluster seeds', { seeds: seeds.join(',') });
+    return r.contacted;
+  }
+
   /** Leave gracefully (others see `left`, not `failed`), then close the sockets. */
   async stop(): Promise<void> {
     const ok = await this.ml.leave(2000);

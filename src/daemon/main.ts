@@ -68,7 +68,10 @@ async function serve(cfg: DaemonConfig): Promise<number> {
   let cluster: ClusterRole | undefined;
   try {
     gossip = await GossipRole.start(cfg, api);
-    cluster = await ClusterRole.start(cfg, api, { forceNewCluster: cfg.forceNewCluster });
+    cluster = await ClusterRole.start(cfg, api, {
+      forceNewCluster: cfg.forceNewCluster,
+      ...(gossip ? { gossip } : {}),
+    });
     await api.listen(cfg.socket);
   } catch (e) {
     await cluster?.stop();

@@ -65,6 +65,8 @@ export interface JoinRequest {
   advertiseAddr: string;
   /** ip:port the node will listen on if it joins as a manager. */
   listenAddr: string;
+  /** ip:port of its gossip agent, if it runs one. */
+  gossipAddr?: string;
 }
 
 export interface JoinReply {
@@ -81,13 +83,15 @@ export interface JoinReply {
 }
 
 export interface HeartbeatReply {
+  /** Gossip agents of other ready nodes, for a node whose gossip knows nobody. */
+  gossipSeeds: string[];
   heartbeatMs: number;
   managers: ManagerAddr[];
   desiredRole: 'manager' | 'worker';
 }
 
 export class Manager {
-  store: Store;
+  readonly store: Store;
   readonly raft: RaftNode;
   readonly server: ControlServer;
   readonly transport: RaftTransport;
@@ -145,8 +149,9 @@ export class Manager {
         apply: (index, data) => holder.m!.applyEntry(index, data),
         snapshot: () => holder.store.snapshot(),
         restore: (data) => {
-          holder.store = Store.restore(data);
-          if (holder.m) holder.m.store = holder.store;
+          // In place: watchers (allocator, scheduler, agents' views) stay subscribed and see
+          // the difference as ordinary events.
+          holder.store.load(data);
           holder.m?.syncPeersFromStore();
         },
         onConfChange: (cc, cs) => holder.m?.onConfChange(cc, cs),
@@ -260,6 +265,7 @@ export class Manager {
     secrets: { worker: string; manager: string },
     hostname: string,
     managerAddr: string,
+    gossipAddr?: string,
   ): Promise<void> {
     const st = this.state;
     const id = certIdentity(this.creds.certPem);
@@ -288,6 +294,7 @@ export class Manager {
           raftId: st.raftId!,
           addr: st.advertiseAddr,
           managerAddr,
+          ...(gossipAddr ? { gossipAddr } : {}),
           availability: 'active',
           labels: {},
           status: { state: 'ready' },
@@ -355,6 +362,7 @@ export class Manager {
           role,
           ...(raftId !== undefined ? { raftId, managerAddr: req.listenAddr } : {}),
           addr: advertise,
+          ...(typeof req.gossipAddr === 'string' ? { gossipAddr: req.gossipAddr } : {}),
           availability: 'active',
           labels: {},
           status: { state: 'ready' },
@@ -430,7 +438,12 @@ export class Manager {
         { op: 'update', kind: 'node', value: { ...node, status: { state: 'ready' } } },
       ]);
     }
+    const gossipSeeds = this.store
+      .list('node', (n) => n.id !== nodeId && n.status.state === 'ready' && !!n.gossipAddr)
+      .slice(0, 5)
+      .map((n) => n.gossipAddr!);
     return {
+      gossipSeeds,
       heartbeatMs: this.cluster().settings.heartbeatPeriodMs,
       managers: this.managers(),
       // Until the leader has removed it from raft, a manager being demoted stays one.

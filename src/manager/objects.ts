@@ -33,6 +33,8 @@ export interface Node extends Meta {
   readonly raftId?: number;
   /** Managers: `ip:port` of the control listener (raft and RPC, TCP 2377) others dial. */
   readonly managerAddr?: string;
+  /** `ip:port` of its gossip agent (UDP+TCP 7946), handed to other nodes as gossip seeds. */
+  readonly gossipAddr?: string;
   /** Advertise IP address. */
   readonly addr: string;
   readonly availability: NodeAvailability;
@@ -75,6 +77,11 @@ export interface Network extends Meta {
     readonly ingress: boolean;
   };
   readonly labels: Readonly<Record<string, string>>;
+  /**
+   * Address allocation state (src/manager/ipam.ts): per subnet (CIDR), the address handed out
+   * last, so allocation continues after it, also on a new leader.
+   */
+  readonly ipam?: { readonly last: Readonly<Record<string, string>> };
 }
 
 export interface Service extends Meta {
@@ -308,6 +315,7 @@ const VALIDATORS: Record<Kind, Check> = {
       }),
     ),
     labels: req(strRecord),
+    ipam: opt(shape({ last: req(strRecord) })),
   }),
   service: shape({
     id: req(objectId),

@@ -145,6 +145,15 @@ t.test('cluster init, join, promote, demote, failover, leave, force-new-cluster'
     ],
     'node ls on a follower manager lists everyone with roles and manager status',
   );
+  await until("gossip to form from the managers' seeds (no --join flags)", () =>
+    net.hosts.every((h) => {
+      const r = ctl(h, 'debug', 'gossip', '--json');
+      if (r.status !== 0) return false;
+      const g = JSON.parse(r.stdout) as { members: { state: string }[] };
+      return g.members.filter((m) => m.state === 'alive').length === 3;
+    }),
+  );
+  t.pass('every node gossips with every other, seeded by the managers');
   const table = ok(h1, 'node', 'ls');
   t.match(table, /^ID +HOSTNAME +STATUS +AVAILABILITY +MANAGER STATUS +ADDRESS\n/);
   const onWorker = ctl(h3, 'node', 'ls');
