@@ -15,20 +15,24 @@
  *   put started at or after t0. Killing from here keeps t0 and t1 on one clock.
  * - request: one HTTP request (status queries, health checks) on behalf of the parent.
  *
- * May import: node built-ins, bench/lib/etcd.ts and bench/lib/meshcluster.ts (request shapes).
+ * May import: node built-ins, src/netlink (to fork inside a namespace), bench/lib/etcd.ts and
+ * bench/lib/meshcluster.ts (the put shapes of each API).
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import { Agent, request as httpRequest } from 'node:http';
+import type { ClientHttp2Session } from 'node:http2';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { withNetns, type Netns } from '../../src/netlink/index.js';
-import type { ClientHttp2Session } from 'node:http2';
 import { etcdGrpcPut, etcdGrpcSession, etcdPut } from './etcd.js';
 import { meshPut } from './meshcluster.js';
 
-/** One member's client endpoint: TCP (etcd's JSON gateway) or a unix socket (meshd's API). */
+/**
+ * One member's client endpoint: etcd's client port (puts on the JSON gateway, or with `grpc`
+ * on etcd's native gRPC API over HTTP/2; other requests always on the gateway), or meshd's API
+ * unix socket.
+ */
 export type Target =
-  /** etcd: puts on the JSON gateway, or with `grpc` on etcd's native gRPC API (HTTP/2). */
   { api: 'etcd'; host: string; port: number; grpc?: boolean } | { api: 'mesh'; socketPath: string };
 
 /** A 3-member cluster under test, as bench/raft drives it (etcd.ts, meshcluster.ts). */
