@@ -30,6 +30,11 @@ Commands:
   node demote NODE...          make managers workers
   node update [--availability active|pause|drain] [--label-add K=V]... [--label-rm K]... NODE
   node rm [--force] NODE...    remove nodes that left (or, with --force, are down)
+  net create [-d overlay] [--subnet CIDR]... [--gateway IP]... [--ip-range CIDR]...
+             [--attachable] [--internal] [--opt encrypted] [--opt mtu=N] [--label K=V]... NAME
+  net ls         networks with driver, VNI, subnets, tasks
+  net inspect NET  subnets (size, used), VNI, MTU, options, attachments
+  net rm NET...    remove networks (refused while tasks use them, saying which)
   version        client and daemon versions
   debug gossip   this node's view of gossip: members (address, state, incarnation,
                  time since the last change), health score, keys, packet counters
@@ -361,6 +366,136 @@ async function nodeCmd(a: Args): Promise<void> {
   }
 }
 
+interface NetRow {
+  id: string;
+  name: string;
+  driver: string;
+  vni: number;
+  subnets: string[];
+  attachable: boolean;
+  internal: boolean;
+  ingress: boolean;
+  encrypted: boolean;
+  tasks: number;
+}
+
+async function netCmd(a: Args): Promise<void> {
+  const verb = a.words[1];
+  switch (verb) {
+    case 'create': {
+      const { values, positionals } = cmdArgs(
+        a,
+        2,
+        {
+          driver: { type: 'string', short: 'd' },
+          subnet: { type: 'string', multiple: true },
+          gateway: { type: 'string', multiple: true },
+          'ip-range': { type: 'string', multiple: true },
+          attachable: { type: 'boolean' },
+          internal: { type: 'boolean' },
+          opt: { type: 'string', multiple: true, short: 'o' },
+          label: { type: 'string', multiple: true },
+        },
+        'net create',
+      );
+      if (positionals.length !== 1) throw new UsageError('net create: give one NAME');
+      const driver = (values.driver as string | undefined) ?? 'overlay';
+      if (driver !== 'overlay')
+        throw new UsageError(`net create -d ${driver}: only the overlay driver exists`);
+      const list = (k: string) => (values[k] as string[] | undefined) ?? [];
+      const subnets = list('subnet');
+      const gateways = list('gateway');
+      const ranges = list('ip-range');
+      if (gateways.length > subnets.length || ranges.length > subnets.length)
+        throw new UsageError(
+          'net create: each --gateway/--ip-range goes with a --subnet before it',
+        );
+      let encrypted = false;
+      let mtu: number | undefined;
+      for (const o of list('opt')) {
+        if (o === 'encrypted' || o === 'encrypted=true') encrypted = true;
+        else if (/^mtu=\d+$/.test(o)) mtu = Number(o.slice(4));
+        else throw new UsageError(`net create --opt ${o}: want encrypted or mtu=N`);
+      }
+      const labels: Record<string, string> = {};
+      for (const kv of list('label')) {
+        const i = kv.indexOf('=');
+        labels[i < 0 ? kv : kv.slice(0, i)] = i < 0 ? '' : kv.slice(i + 1);
+      }
+      const n = await call<{
+        id: string;
+        name: string;
+        vni: number;
+        subnets: { subnet: string }[];
+      }>(a.host, 'POST', '/v1/networks', {
+        name: positionals[0],
+        driver,
+        ...(subnets.length > 0
+          ? {
+              subnets: subnets.map((subnet, i) => ({
+                subnet,
+                ...(gateways[i] ? { gateway: gateways[i] } : {}),
+                ...(ranges[i] ? { ipRange: ranges[i] } : {}),
+              })),
+            }
+          : {}),
+        attachable: values.attachable === true,
+        internal: values.internal === true,
+        encrypted,
+        ...(mtu !== undefined ? { mtu } : {}),
+        labels,
+      });
+      if (a.json) return out(JSON.stringify(n) + '\n');
+      return out(n.id + '\n');
+    }
+    case 'ls': {
+      cmdArgs(a, 2, {}, 'net ls');
+      const nets = await call<NetRow[]>(a.host, 'GET', '/v1/networks');
+      if (a.json) return out(JSON.stringify(nets) + '\n');
+      const rows = [['ID', 'NAME', 'DRIVER', 'VNI', 'SUBNETS', 'OPTIONS', 'TASKS']];
+      for (const n of [...nets].sort((x, y) => x.name.localeCompare(y.name))) {
+        const opts = [
+          n.ingress && 'ingress',
+          n.attachable && 'attachable',
+          n.internal && 'internal',
+          n.encrypted && 'encrypted',
+        ].filter(Boolean);
+        rows.push([
+          n.id.slice(0, 12),
+          n.name,
+          n.driver,
+          String(n.vni),
+          n.subnets.join(','),
+          opts.join(',') || '-',
+          String(n.tasks),
+        ]);
+      }
+      return out(table(rows));
+    }
+    case 'inspect': {
+      const { positionals } = cmdArgs(a, 2, {}, 'net inspect');
+      if (positionals.length !== 1) throw new UsageError('net inspect: give one NET');
+      const n = await call<unknown>(
+        a.host,
+        'GET',
+        `/v1/network?${new URLSearchParams({ id: positionals[0]! }).toString()}`,
+      );
+      return out(JSON.stringify(n, null, a.json ? 0 : 2) + '\n');
+    }
+    case 'rm': {
+      const { positionals } = cmdArgs(a, 2, {}, 'net rm');
+      if (positionals.length === 0) throw new UsageError('net rm: give at least one NET');
+      for (const id of positionals) {
+        await call(a.host, 'POST', '/v1/network/rm', { id });
+        if (!a.json) out(`${id}\n`);
+      }
+      return;
+    }
+    default:
+      throw new UsageError(`net ${verb ?? ''}: want create, ls, inspect or rm`);
+  }
+}
+
 export async function run(argv: readonly string[]): Promise<number> {
   try {
     const a = parse(argv);
@@ -393,6 +528,10 @@ export async function run(argv: readonly string[]): Promise<number> {
         return 0;
       case 'node':
         await nodeCmd(a);
+        return 0;
+      case 'net':
+      case 'network':
+        await netCmd(a);
         return 0;
       case undefined:
         throw new UsageError('no command given');

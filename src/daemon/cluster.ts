@@ -25,6 +25,7 @@ import {
   type ManagerAddr,
   type NodeState,
 } from '../manager/identity.js';
+import type { NetworkSpec } from '../manager/networks.js';
 import { Manager, splitHostPort, type HeartbeatReply, type JoinReply } from '../manager/manager.js';
 import { forceNewCluster } from '../manager/recovery.js';
 import { RpcClient } from '../manager/server.js';
@@ -191,6 +192,7 @@ export class ClusterRole {
         self.addr,
         this.gossip ? `${advertise}:${this.cfg.gossipPort}` : undefined,
       );
+      await this.manager!.createIngressNetwork();
       this.files.saveCredentials(this.creds);
       this.files.saveState(this.state);
       this.startSession();
@@ -617,6 +619,33 @@ export class ClusterRole {
       const o = body(b);
       await this.requireManager('node rm').removeNode(text(o.id), o.force === true);
       return { removed: o.id };
+    });
+    api.route('POST', '/v1/networks', ({ body: b }) => {
+      const o = body(b);
+      const m = this.requireManager('net create');
+      const subnets = Array.isArray(o.subnets) ? (o.subnets as NetworkSpec['subnets']) : undefined;
+      const spec: NetworkSpec = {
+        name: text(o.name),
+        ...(typeof o.driver === 'string' ? { driver: o.driver } : {}),
+        ...(subnets ? { subnets } : {}),
+        attachable: o.attachable === true,
+        internal: o.internal === true,
+        encrypted: o.encrypted === true,
+        ...(typeof o.mtu === 'number' ? { mtu: o.mtu } : {}),
+        ...(o.labels && typeof o.labels === 'object'
+          ? { labels: o.labels as Record<string, string> }
+          : {}),
+      };
+      return m.createNetwork(spec);
+    });
+    api.route('GET', '/v1/networks', () => this.requireManager('net ls').networks());
+    api.route('GET', '/v1/network', ({ query }) =>
+      this.requireManager('net inspect').inspectNetwork(query.get('id') ?? ''),
+    );
+    api.route('POST', '/v1/network/rm', async ({ body: b }) => {
+      const id = text(body(b).id);
+      await this.requireManager('net rm').removeNetwork(id);
+      return { removed: id };
     });
     // Debug register: what the fault test and the raft benchmark drive. Writes are raft
     // commits; reads pass a ReadIndex barrier first, so both are linearizable.

@@ -34,6 +34,17 @@ import {
   parseJoinToken,
   tokenMatches,
 } from './pki.js';
+import {
+  describeNetwork,
+  listNetworks,
+  planAttach,
+  planCreateNetwork,
+  planDetach,
+  planIngressNetwork,
+  planRemoveNetwork,
+  type NetworkSpec,
+  type NetworkView,
+} from './networks.js';
 import { RaftNode, decodeProposal } from './raftnode.js';
 import { Store, encodeCommand, type ApplyResult, type Op } from './store.js';
 
@@ -316,6 +327,35 @@ export class Manager {
       this.handleRenew(params as { csrPem: string }, peer),
     );
     this.server.register('leave', (_params, peer) => this.handleLeave(peer));
+    this.server.register('network.attach', (params, peer) => {
+      const p = this.requirePeer(peer, 'attach');
+      const o = (params ?? {}) as { networkRef?: unknown; taskId?: unknown; taskName?: unknown };
+      if (typeof o.networkRef !== 'string' || typeof o.taskId !== 'string') {
+        throw new MeshError('EUSAGE', 'attach: networkRef and taskId are required');
+      }
+      return this.attach({
+        networkRef: o.networkRef,
+        taskId: o.taskId,
+        taskName: typeof o.taskName === 'string' ? o.taskName : o.taskId,
+        nodeId: p.nodeId,
+      });
+    });
+    this.server.register('network.detach', async (params, peer) => {
+      const p = this.requirePeer(peer, 'detach');
+      const taskId = (params as { taskId?: unknown } | null)?.taskId;
+      if (typeof taskId !== 'string') throw new MeshError('EUSAGE', 'detach: taskId is required');
+      const t = await this.read((s) => s.get('task', taskId));
+      if (t && t.nodeId !== p.nodeId) {
+        throw new MeshError('EAUTH', `detach task ${taskId}: it belongs to another node`);
+      }
+      if (t) await this.detach(taskId);
+      return { ok: true };
+    });
+    this.server.register('network.get', async (params, peer) => {
+      this.requirePeer(peer, 'network');
+      const id = (params as { id?: unknown } | null)?.id;
+      return this.read((s) => (typeof id === 'string' ? (s.get('network', id) ?? null) : null));
+    });
   }
 
   private async handleJoin(req: JoinRequest): Promise<JoinReply> {
@@ -663,6 +703,68 @@ export class Manager {
       await this.raft.changeMembership({ type: ConfChangeType.RemoveNode, nodeId: me });
       if (node) await this.commit([{ op: 'delete', kind: 'node', id: node.id }]).catch(() => {});
     }
+  }
+
+  // ---- networks ----
+
+  /**
+   * Plan against the current state and commit; a plan made from state that changed meanwhile
+   * (another allocation, another leader) fails with ECONFLICT on its version checks and is
+   * made again, so addresses and VNIs are never handed out twice.
+   */
+  private async planAndCommit<T>(plan: () => { ops: Op[]; result: T }): Promise<T> {
+    for (let attempt = 1; ; attempt++) {
+      await this.raft.readBarrier();
+      const { ops, result } = plan();
+      try {
+        await this.commit(ops);
+        return result;
+      } catch (e) {
+        if (!(e instanceof MeshError) || e.code !== 'ECONFLICT' || attempt >= 8) throw e;
+        if (!/version|holds another value|stale/.test(e.message)) throw e;
+      }
+    }
+  }
+
+  createNetwork(spec: NetworkSpec): Promise<NetworkView> {
+    const id = newNodeId();
+    return this.planAndCommit(() => {
+      const { ops } = planCreateNetwork(this.store, spec, id);
+      return { ops, result: undefined };
+    }).then(() => this.read((s) => describeNetwork(s, id)));
+  }
+
+  /** The ingress network every cluster gets at init. */
+  async createIngressNetwork(): Promise<void> {
+    const id = newNodeId();
+    await this.planAndCommit(() => ({ ops: planIngressNetwork(this.store, id).ops, result: 0 }));
+  }
+
+  removeNetwork(ref: string): Promise<void> {
+    return this.planAndCommit(() => ({
+      ops: planRemoveNetwork(this.store, ref),
+      result: undefined,
+    }));
+  }
+
+  networks(): Promise<ReturnType<typeof listNetworks>> {
+    return this.read((s) => listNetworks(s));
+  }
+
+  inspectNetwork(ref: string): Promise<NetworkView> {
+    return this.read((s) => describeNetwork(s, ref));
+  }
+
+  /** Allocate `taskId` an address on a network (standalone tasks: `meshctl run --network`). */
+  attach(req: { networkRef: string; taskId: string; taskName: string; nodeId: string }) {
+    return this.planAndCommit(() => {
+      const r = planAttach(this.store, req);
+      return { ops: r.ops, result: { address: r.address, network: r.network } };
+    });
+  }
+
+  detach(taskId: string): Promise<void> {
+    return this.planAndCommit(() => ({ ops: planDetach(this.store, taskId), result: undefined }));
   }
 
   // ---- leader housekeeping ----
