@@ -38,6 +38,12 @@ export interface DaemonConfig {
    * the raft membership with this manager alone. @default false
    */
   forceNewCluster: boolean;
+  /**
+   * Prefix of the named network namespaces this meshd creates (overlay networks, tasks). Named
+   * namespaces are machine-wide (/run/netns), so several meshd on one machine (tests, the demo)
+   * each need their own; a real node keeps the default. @default ''
+   */
+  netnsPrefix: string;
 }
 
 export const DEFAULTS: Readonly<DaemonConfig> = Object.freeze({
@@ -52,6 +58,7 @@ export const DEFAULTS: Readonly<DaemonConfig> = Object.freeze({
   join: Object.freeze([]) as unknown as string[],
   gossipKeyFile: undefined,
   forceNewCluster: false,
+  netnsPrefix: '',
 });
 
 export const USAGE = `meshd — the Mesh networking daemon (one per node, runs as root)
@@ -69,6 +76,8 @@ Options:
   --node-name NAME        name in gossip, unique in the cluster (default the host name)
   --join IP[:PORT]        gossip seed to join at start (repeatable)
   --gossip-key-file FILE  base64 gossip keys, one per line, first is primary
+  --netns-prefix PREFIX   prefix for the namespaces this meshd creates (several meshd on one
+                          machine each need their own; default none)
   --force-new-cluster     quorum lost for good: restart as the only manager, keeping the
                           committed state (join the other managers again afterwards)
   --version               print the version
@@ -110,6 +119,7 @@ export function parseDaemonArgs(
         join: { type: 'string', multiple: true },
         'gossip-key-file': { type: 'string' },
         'force-new-cluster': { type: 'boolean' },
+        'netns-prefix': { type: 'string' },
         version: { type: 'boolean', short: 'v' },
         help: { type: 'boolean', short: 'h' },
       },
@@ -142,6 +152,7 @@ export function parseDaemonArgs(
   if (o.join !== undefined) cfg.join = o.join;
   if (o['gossip-key-file'] !== undefined) cfg.gossipKeyFile = o['gossip-key-file'];
   if (o['force-new-cluster']) cfg.forceNewCluster = true;
+  if (o['netns-prefix'] !== undefined) cfg.netnsPrefix = o['netns-prefix'];
   const level = o['log-level'] ?? env.MESH_LOG;
   if (level !== undefined) {
     if (!isLogLevel(level))
@@ -186,6 +197,11 @@ export function validateConfig(c: DaemonConfig): void {
   if (c.join.length > 0 && c.advertiseAddr === undefined) {
     throw new UsageError(
       '--join needs --advertise-addr: the address gossip binds to and others reach this node at',
+    );
+  }
+  if (!/^[A-Za-z0-9_.-]{0,24}$/.test(c.netnsPrefix)) {
+    throw new UsageError(
+      `--netns-prefix ${JSON.stringify(c.netnsPrefix)}: use at most 24 letters, digits, '.', '_' or '-'`,
     );
   }
   if (c.gossipPort === c.listenAddr.port) {

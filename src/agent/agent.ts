@@ -1,0 +1,505 @@
+/**
+ * The agent's network side for tasks on this node: a task (TaskRuntime) attached to overlay
+ * networks (OverlayDriver) with addresses the managers allocate, its endpoints published in the
+ * networks' peer tables (netdb) and every remote endpoint programmed as static FDB/ARP.
+ *
+ * State that must survive a meshd restart lives in `<data-dir>/agent/agent.json` (tasks, their
+ * networks and addresses, local gateway addresses). On start the agent adopts what the previous
+ * run built: running task processes (the runtime checks pid + start time), the overlay
+ * namespaces of networks still in use (others are removed), and it publishes its endpoints again.
+ * A reconcile loop repairs drift in the kernel every 30 s and counts the repairs.
+ *
+ * May import src/agent, src/overlay, src/manager (types, identity helpers), src/util, node built-ins.
+ */
+
+import { writeFileSync, readFileSync, renameSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Network } from '../manager/objects.js';
+import { newNodeId } from '../manager/identity.js';
+import { OverlayDriver, type Peer } from '../overlay/index.js';
+import { MeshError } from '../util/errors.js';
+import { createLogger } from '../util/log.js';
+import { TaskRuntime, type TaskInfo } from './runtime.js';
+
+const log = createLogger('agent');
+
+/** The peer-table operations the agent needs from netdb. */
+export interface PeerTables {
+  joinNetwork(netId: string): void;
+  leaveNetwork(netId: string): void;
+  createEntry(table: string, netId: string, key: string, value: Uint8Array): void;
+  deleteEntry(table: string, netId: string, key: string): void;
+  getEntries(table: string, netId: string): { key: string; value: Uint8Array; owner: string }[];
+  watch(table: string, cb: (ev: { netId: string; key: string }) => void): () => void;
+}
+
+/** Calls to the managers (attach/detach addresses); the cluster role provides it. */
+export type ManagerCall = (method: string, params: unknown) => Promise<unknown>;
+
+export const PEER_TABLE = 'overlay_peers';
+
+interface PeerValue {
+  ip: string;
+  mac: string;
+  vtep: string;
+}
+
+interface NetRecord {
+  id: string;
+  name: string;
+  vni: number;
+  subnets: { subnet: string; gateway: string }[];
+  mtu?: number;
+  internal: boolean;
+  encrypted: boolean;
+}
+
+interface Attachment {
+  networkId: string;
+  address: string;
+  ifname: string;
+  mac?: string;
+}
+
+interface TaskRecord {
+  id: string;
+  name: string;
+  attachments: Attachment[];
+  /** Address on mesh_gwbridge (egress), if the task has one. */
+  gatewayIp?: string;
+  autoRemove: boolean;
+}
+
+interface AgentState {
+  version: 1;
+  networks: Record<string, NetRecord>;
+  tasks: TaskRecord[];
+  /** Last local gateway address handed out (serial, like the managers' IPAM). */
+  lastGatewayIp?: number;
+}
+
+export interface RunSpec {
+  name?: string;
+  networks: string[];
+  cmd: string[];
+  env?: Record<string, string>;
+  /** Remove the task (and its addresses) once it exits. */
+  autoRemove?: boolean;
+}
+
+export interface TaskView extends TaskInfo {
+  networks: { network: string; address: string; ifname: string }[];
+}
+
+export interface AgentOptions {
+  dataDir: string;
+  /** This node's underlay address: the VTEP. */
+  vtep: string;
+  dataPathPort: number;
+  netnsPrefix: string;
+  tables: PeerTables;
+  manager: ManagerCall;
+  /** How often the kernel state is reconciled. @default 30,000 ms */
+  reconcileMs?: number;
+}
+
+/** 10.255.0.0/16: .1 is the bridge; tasks get .2 … .65534 serially. */
+const GW_BASE = (10 << 24) | (255 << 16);
+
+export class Agent {
+  private readonly overlay: OverlayDriver;
+  private state: AgentState;
+  private readonly statePath: string;
+  private readonly unwatch: () => void;
+  private readonly peerSync = new Map<string, Promise<void>>();
+  private readonly peerDirty = new Set<string>();
+  private timer: NodeJS.Timeout | undefined;
+  private reconciling = false;
+  readonly counters = { repairs: 0, reconciles: 0, peerSyncs: 0, peerConflicts: 0 };
+  private lastReconcile = 0;
+
+  private constructor(
+    private readonly opts: AgentOptions,
+    readonly runtime: TaskRuntime,
+    overlay: OverlayDriver,
+    state: AgentState,
+    statePath: string,
+  ) {
+    this.overlay = overlay;
+    this.state = state;
+    this.statePath = statePath;
+    this.unwatch = opts.tables.watch(PEER_TABLE, (ev) => this.schedulePeers(ev.netId));
+  }
+
+  static async start(opts: AgentOptions): Promise<Agent> {
+    const dir = join(opts.dataDir, 'agent');
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const statePath = join(dir, 'agent.json');
+    let state: AgentState = { version: 1, networks: {}, tasks: [] };
+    try {
+      state = JSON.parse(readFileSync(statePath, 'utf8')) as AgentState;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') {
+        log.error('agent state unreadable; starting empty', { path: statePath, err: e });
+      }
+    }
+    const runtime = await TaskRuntime.open({
+      stateDir: join(dir, 'tasks'),
+      netnsPrefix: opts.netnsPrefix,
+    });
+    const overlay = new OverlayDriver({
+      vtep: opts.vtep,
+      port: opts.dataPathPort,
+      netnsPrefix: opts.netnsPrefix,
+    });
+    const a = new Agent(opts, runtime, overlay, state, statePath);
+    runtime.onExit((e) => {
+      const rec = a.state.tasks.find((t) => t.id === e.id);
+      if (rec?.autoRemove)
+        void a
+          .remove(e.id)
+          .catch((err: unknown) => log.warn('auto-remove failed', { task: e.id, err }));
+    });
+    await a.adopt();
+    a.timer = setInterval(() => void a.reconcile(), opts.reconcileMs ?? 30_000);
+    return a;
+  }
+
+  private save(): void {
+    const tmp = `${this.statePath}.tmp`;
+    writeFileSync(tmp, JSON.stringify(this.state, null, 1), { mode: 0o600 });
+    renameSync(tmp, this.statePath);
+  }
+
+  /** Networks used by tasks on this node (by id). */
+  private networksInUse(): Set<string> {
+    const s = new Set<string>();
+    for (const t of this.state.tasks) for (const a of t.attachments) s.add(a.networkId);
+    return s;
+  }
+
+  /** After a restart: keep what tasks still use, remove the rest, publish our endpoints again. */
+  private async adopt(): Promise<void> {
+    const used = this.networksInUse();
+    const vnis = [...used]
+      .map((id) => this.state.networks[id]?.vni)
+      .filter((v): v is number => v !== undefined);
+    const r = await this.overlay.adopt(vnis);
+    if (r.removed.length > 0)
+      log.info('removed overlay state of a previous run', { vnis: r.removed.join(',') });
+    for (const id of used) {
+      const net = this.state.networks[id];
+      if (!net) continue;
+      await this.overlay.ensureNetwork(net);
+      this.opts.tables.joinNetwork(id);
+    }
+    for (const t of this.state.tasks) {
+      if (!this.runtime.get(t.id)) {
+        log.warn('task record without a runtime task; releasing it', { task: t.id });
+        await this.release(t).catch(() => undefined);
+        continue;
+      }
+      for (const at of t.attachments) this.publish(t, at);
+    }
+    for (const id of used) this.schedulePeers(id);
+    if (r.kept.length > 0) log.info('adopted overlay networks', { vnis: r.kept.join(',') });
+  }
+
+  private endpointKey(taskId: string, netId: string): string {
+    return `${taskId}.${netId}`;
+  }
+
+  private publish(t: TaskRecord, at: Attachment): void {
+    if (!at.mac) return;
+    const v: PeerValue = { ip: at.address, mac: at.mac, vtep: this.opts.vtep };
+    this.opts.tables.createEntry(
+      PEER_TABLE,
+      at.networkId,
+      this.endpointKey(t.id, at.networkId),
+      Buffer.from(JSON.stringify(v)),
+    );
+  }
+
+  /** Coalesce peer-table changes per network into one setPeers at a time. */
+  private schedulePeers(netId: string): void {
+    const net = this.state.networks[netId];
+    if (!net || !this.networksInUse().has(netId)) return;
+    this.peerDirty.add(netId);
+    if (this.peerSync.has(netId)) return;
+    const run = async (): Promise<void> => {
+      while (this.peerDirty.delete(netId)) {
+        const peers: Peer[] = [];
+        for (const e of this.opts.tables.getEntries(PEER_TABLE, netId)) {
+          try {
+            const v = JSON.parse(Buffer.from(e.value).toString('utf8')) as PeerValue;
+            if (
+              typeof v.ip === 'string' &&
+              typeof v.mac === 'string' &&
+              typeof v.vtep === 'string'
+            ) {
+              peers.push({ ip: v.ip, mac: v.mac, vtep: v.vtep });
+            }
+          } catch {
+            log.warn('bad peer entry ignored', { network: netId, key: e.key, owner: e.owner });
+          }
+        }
+        try {
+          const r = await this.overlay.setPeers(net.vni, peers);
+          this.counters.peerSyncs++;
+          this.counters.peerConflicts += r.conflicts.length;
+        } catch (e) {
+          log.warn('programming peers failed; retried at the next change or reconcile', {
+            network: net.name,
+            err: e,
+          });
+        }
+      }
+    };
+    const p = run().finally(() => this.peerSync.delete(netId));
+    this.peerSync.set(netId, p);
+  }
+
+  private nextGatewayIp(): string {
+    const used = new Set(this.state.tasks.map((t) => t.gatewayIp).filter(Boolean));
+    let n = this.state.lastGatewayIp ?? 1;
+    for (let i = 0; i < 65533; i++) {
+      n = n >= 65534 ? 2 : n + 1;
+      const ip = intToIp(GW_BASE + n);
+      if ((n & 0xff) !== 0 && (n & 0xff) !== 255 && !used.has(ip)) {
+        this.state.lastGatewayIp = n;
+        return ip;
+      }
+    }
+    throw new MeshError(
+      'EEXHAUSTED',
+      'run: no free address on mesh_gwbridge (10.255.0.0/16); remove tasks',
+    );
+  }
+
+  // ---- tasks ----
+
+  async run(spec: RunSpec): Promise<TaskView> {
+    if (
+      !Array.isArray(spec.cmd) ||
+      spec.cmd.length === 0 ||
+      !spec.cmd.every((c) => typeof c === 'string')
+    ) {
+      throw new MeshError('EUSAGE', 'run: give the command to run after --');
+    }
+    const id = newNodeId();
+    const name = spec.name ?? `task-${id.slice(0, 8)}`;
+    if (this.state.tasks.some((t) => t.name === name)) {
+      throw new MeshError(
+        'ECONFLICT',
+        `run ${name}: a task with that name exists on this node; pick another --name or remove it`,
+      );
+    }
+    const info = await this.runtime.create({
+      id,
+      name,
+      cmd: spec.cmd,
+      ...(spec.env ? { env: spec.env } : {}),
+    });
+    const rec: TaskRecord = { id, name, attachments: [], autoRemove: spec.autoRemove === true };
+    this.state.tasks.push(rec);
+    this.save();
+    try {
+      for (const [i, ref] of spec.networks.entries()) {
+        const r = (await this.opts.manager('network.attach', {
+          networkRef: ref,
+          taskId: id,
+          taskName: name,
+        })) as {
+          address: string;
+          network: Network;
+        };
+        const net = toNetRecord(r.network);
+        this.state.networks[net.id] = net;
+        const at: Attachment = { networkId: net.id, address: r.address, ifname: `eth${i}` };
+        rec.attachments.push(at);
+        this.save();
+        const first = this.countUsers(net.id) === 1;
+        await this.overlay.ensureNetwork(net);
+        if (first) this.opts.tables.joinNetwork(net.id);
+        const res = await this.overlay.attach(net.vni, {
+          taskNs: info.netnsPath,
+          ifname: at.ifname,
+          ip: r.address,
+        });
+        at.mac = res.mac;
+        this.save();
+        this.publish(rec, at);
+        this.schedulePeers(net.id);
+      }
+      const needsGateway =
+        rec.attachments.length > 0 &&
+        rec.attachments.some((a) => !this.state.networks[a.networkId]?.internal);
+      if (needsGateway) {
+        rec.gatewayIp = this.nextGatewayIp();
+        this.save();
+        await this.overlay.attachGateway(info.netnsPath, `${rec.gatewayIp}/16`);
+      }
+      await this.runtime.start(id);
+    } catch (e) {
+      log.warn('run failed; cleaning up', { task: name, err: e });
+      await this.remove(id).catch((err: unknown) =>
+        log.warn('clean-up after a failed run failed', { task: id, err }),
+      );
+      throw e;
+    }
+    return this.view(id);
+  }
+
+  private countUsers(netId: string): number {
+    return this.state.tasks.filter((t) => t.attachments.some((a) => a.networkId === netId)).length;
+  }
+
+  /** Stop and remove a task: out of the peer tables first, then the kernel, then the address. */
+  async remove(ref: string): Promise<void> {
+    const rec = this.find(ref);
+    for (const at of rec.attachments) {
+      this.opts.tables.deleteEntry(
+        PEER_TABLE,
+        at.networkId,
+        this.endpointKey(rec.id, at.networkId),
+      );
+    }
+    const info = this.runtime.get(rec.id);
+    if (info?.state === 'running') await this.runtime.stop(rec.id, { graceMs: 5000 });
+    await this.release(rec);
+    if (info) await this.runtime.remove(rec.id);
+  }
+
+  /** Detach from networks, give the addresses back, forget the record. */
+  private async release(rec: TaskRecord): Promise<void> {
+    const info = this.runtime.get(rec.id);
+    for (const at of rec.attachments) {
+      const net = this.state.networks[at.networkId];
+      if (net && info)
+        await this.overlay
+          .detach(net.vni, { taskNs: info.netnsPath, ifname: at.ifname })
+          .catch(() => undefined);
+    }
+    if (rec.gatewayIp && info)
+      await this.overlay.detachGateway(info.netnsPath).catch(() => undefined);
+    if (rec.attachments.length > 0) {
+      await this.opts.manager('network.detach', { taskId: rec.id }).catch((e: unknown) => {
+        log.warn(
+          "could not release the task's addresses; they stay allocated until it is removed again",
+          { task: rec.id, err: e },
+        );
+        throw e;
+      });
+    }
+    this.state.tasks = this.state.tasks.filter((t) => t.id !== rec.id);
+    for (const at of rec.attachments) {
+      if (this.countUsers(at.networkId) === 0) {
+        const net = this.state.networks[at.networkId];
+        this.opts.tables.leaveNetwork(at.networkId);
+        if (net)
+          await this.overlay
+            .removeNetwork(net.vni)
+            .catch((e: unknown) =>
+              log.warn('network removal failed', { network: net.name, err: e }),
+            );
+        delete this.state.networks[at.networkId];
+      }
+    }
+    this.save();
+  }
+
+  private find(ref: string): TaskRecord {
+    const rec =
+      this.state.tasks.find((t) => t.id === ref) ??
+      this.state.tasks.find((t) => t.name === ref) ??
+      (() => {
+        const m = this.state.tasks.filter((t) => t.id.startsWith(ref));
+        return m.length === 1 ? m[0] : undefined;
+      })();
+    if (!rec)
+      throw new MeshError(
+        'ENOTFOUND',
+        `task ${ref}: no such task on this node; see \`meshctl ps\``,
+      );
+    return rec;
+  }
+
+  view(ref: string): TaskView {
+    const rec = this.find(ref);
+    const info = this.runtime.get(rec.id);
+    if (!info) throw new MeshError('ENOTFOUND', `task ${ref}: not in the runtime`);
+    return {
+      ...info,
+      networks: rec.attachments.map((a) => ({
+        network: this.state.networks[a.networkId]?.name ?? a.networkId,
+        address: a.address,
+        ifname: a.ifname,
+      })),
+    };
+  }
+
+  list(): TaskView[] {
+    return this.state.tasks.filter((t) => this.runtime.get(t.id)).map((t) => this.view(t.id));
+  }
+
+  logs(ref: string): string {
+    return this.runtime.logs(this.find(ref).id);
+  }
+
+  /** Kernel state against what the tasks need; drift repaired and counted. */
+  async reconcile(): Promise<number> {
+    if (this.reconciling) return 0;
+    this.reconciling = true;
+    try {
+      const vnis = [...this.networksInUse()]
+        .map((id) => this.state.networks[id]?.vni)
+        .filter((v): v is number => v !== undefined);
+      const r = await this.overlay.reconcile(vnis);
+      this.counters.reconciles++;
+      this.counters.repairs += r.repairs;
+      this.lastReconcile = Date.now();
+      if (r.repairs > 0) log.warn('reconcile repaired kernel drift', { repairs: r.repairs });
+      return r.repairs;
+    } catch (e) {
+      log.warn('reconcile failed', { err: e });
+      return 0;
+    } finally {
+      this.reconciling = false;
+    }
+  }
+
+  status(): unknown {
+    return {
+      networks: Object.values(this.state.networks).map((n) => ({
+        ...n,
+        peers: this.overlay.peers(n.vni),
+        tasks: this.countUsers(n.id),
+      })),
+      counters: this.counters,
+      lastReconcileMsAgo: this.lastReconcile ? Date.now() - this.lastReconcile : null,
+    };
+  }
+
+  close(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.unwatch();
+    this.runtime.close();
+    this.overlay.close();
+  }
+}
+
+function toNetRecord(n: Network): NetRecord {
+  return {
+    id: n.id,
+    name: n.name,
+    vni: n.vni,
+    subnets: n.subnets.map((s) => ({ subnet: s.subnet, gateway: s.gateway })),
+    ...(n.options.mtu !== undefined ? { mtu: n.options.mtu } : {}),
+    internal: n.options.internal,
+    encrypted: n.options.encrypted,
+  };
+}
+
+function intToIp(v: number): string {
+  return [v >>> 24, (v >>> 16) & 255, (v >>> 8) & 255, v & 255].join('.');
+}
