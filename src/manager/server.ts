@@ -16,7 +16,7 @@
  */
 
 import { X509Certificate } from 'node:crypto';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import * as tls from 'node:tls';
 
 import { encodeAckFrame, FrameDecoder, FrameKind, type Frame } from '../raft/codec.js';
@@ -116,6 +116,7 @@ export class ControlServer {
   private readonly server: tls.Server;
   private readonly handlers = new Map<string, RpcHandler>();
   private readonly conns = new Set<Conn>();
+  private readonly raw = new Set<Socket>();
   private readonly log: Logger;
   private readonly maxFrameBytes: number;
   private readonly maxAnonFrameBytes: number;
@@ -144,6 +145,12 @@ export class ControlServer {
       requestCert: true,
       rejectUnauthorized: false,
       minVersion: 'TLSv1.3',
+      handshakeTimeout: 10_000,
+    });
+    this.server.on('connection', (raw: Socket) => {
+      // Tracked from TCP accept on, so close() does not wait on a half-done handshake.
+      this.raw.add(raw);
+      raw.once('close', () => this.raw.delete(raw));
     });
     this.server.on('secureConnection', (sock) => this.accept(sock));
     this.server.on('tlsClientError', (err, sock) => {
@@ -214,6 +221,7 @@ export class ControlServer {
     clearInterval(this.ackTimer);
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
     for (const c of this.conns) this.teardown(c);
+    for (const raw of this.raw) raw.destroy();
     await closed;
   }
 

@@ -641,6 +641,13 @@ t.test('oversize frames and silent clients close the connection', async (t) => {
     logLines.some((l) => /exceeds the limit of 65536/.test(l)),
     'reason logged',
   );
+  // close() does not wait for a client stuck before or inside the TLS handshake.
+  const stuck = net.connect(port, '127.0.0.1');
+  stuck.on('error', () => {});
+  await new Promise((r) => stuck.once('connect', r));
+  const t0 = Date.now();
   await server.close();
+  t.ok(Date.now() - t0 < 1000, `closed in ${Date.now() - t0} ms with a stuck client`);
+  stuck.destroy();
   t.end();
 });
