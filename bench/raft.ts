@@ -219,6 +219,8 @@ export async function main(args: string[]): Promise<void> {
   if (!(Number.isInteger(failovers) && failovers >= 1 && failovers <= 100))
     throw new Error('bench raft: --failovers: want an integer 1..100');
 
+  // Ctrl-C: exit through the exit hooks, which destroy the test net and what runs inside it.
+  process.once('SIGINT', () => process.exit(130));
   const sides: Side[] = only ? [only] : ['ours', 'etcd'];
   if (sides.includes('etcd')) note(`etcd ${checkEtcd()}, client: ${client}`);
   const runs = await measure(sides, {
