@@ -416,7 +416,8 @@ for (const size of [3, 5]) {
       t.same(lost, [], 'no acknowledged write lost');
       t.same(crashed, [], 'no meshd exited on its own');
       t.ok(h.ops - h.pending > 50 * size, 'the cluster made progress between faults');
-      t.ok(stats.kills > 0 && stats.episodes >= 5, 'faults were injected');
+      t.ok(stats.episodes >= 5, `faults were injected (${stats.episodes} episodes)`);
+      if (kinds === undefined) t.ok(stats.kills > 0, 'managers were killed');
     },
   );
 }
