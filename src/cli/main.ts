@@ -35,10 +35,17 @@ Commands:
   net ls         networks with driver, VNI, subnets, tasks
   net inspect NET  subnets (size, used), VNI, MTU, options, attachments
   net rm NET...    remove networks (refused while tasks use them, saying which)
+  run [--name N] [--network NET]... [-e K=V]... [-d] [--rm] -- CMD ARGS...
+                 run a task on this node attached to networks (attachable overlays);
+                 without -d wait for it to exit, print its output, exit with its status
+  ps             tasks on this node: name, state, networks and addresses
+  rm TASK...     stop and remove tasks (addresses go back to the network)
+  logs TASK      a task's output
   version        client and daemon versions
   debug gossip   this node's view of gossip: members (address, state, incarnation,
                  time since the last change), health score, keys, packet counters
   debug raft     this manager's raft state and counters
+  debug overlay  this node's overlay networks, peers, reconcile repairs, netdb counters
   help           this help
 
 Global options:
@@ -61,6 +68,11 @@ function parse(argv: readonly string[]): Args | 'help' | 'version' {
   const a: Args = { host: undefined, json: false, words: [] };
   for (let i = 0; i < argv.length; i++) {
     const w = argv[i]!;
+    if (w === '--') {
+      // Everything after -- belongs to the task's command (meshctl run), verbatim.
+      a.words.push(...argv.slice(i));
+      break;
+    }
     if (w === '--host') {
       const v = argv[++i];
       if (v === undefined) throw new UsageError('--host needs a socket path');
@@ -496,6 +508,109 @@ async function netCmd(a: Args): Promise<void> {
   }
 }
 
+interface TaskView {
+  id: string;
+  name: string;
+  state: string;
+  exitCode?: number | null;
+  cmd: string[];
+  networks: { network: string; address: string; ifname: string }[];
+}
+
+async function runCmd(a: Args): Promise<number> {
+  const dash = a.words.indexOf('--');
+  if (dash < 0) throw new UsageError('run: give the command after --, e.g. run -- sleep 60');
+  const cmd = a.words.slice(dash + 1);
+  if (cmd.length === 0) throw new UsageError('run: no command after --');
+  const { values, positionals } = (() => {
+    try {
+      return parseArgs({
+        args: a.words.slice(1, dash),
+        options: {
+          name: { type: 'string' },
+          network: { type: 'string', multiple: true },
+          env: { type: 'string', multiple: true, short: 'e' },
+          detach: { type: 'boolean', short: 'd' },
+          rm: { type: 'boolean' },
+        },
+        allowPositionals: true,
+        strict: true,
+      });
+    } catch (e) {
+      throw new UsageError(`run: ${(e as Error).message.replace(/^./, (c) => c.toLowerCase())}`);
+    }
+  })();
+  if (positionals.length > 0)
+    throw new UsageError(`run: unexpected ${positionals[0]}; put the command after --`);
+  const detach = values.detach === true;
+  const t = await call<TaskView>(a.host, 'POST', '/v1/tasks', {
+    name: values.name,
+    networks: values.network ?? [],
+    env: values.env ?? [],
+    cmd,
+    autoRemove: detach && values.rm === true,
+  });
+  if (detach) {
+    out(a.json ? JSON.stringify(t) + '\n' : `${t.id}\n`);
+    return 0;
+  }
+  // Attached: wait (bounded by the task's own life), print its output, mirror its status.
+  let cur = t;
+  while (cur.state !== 'exited') {
+    await new Promise((r) => setTimeout(r, 200));
+    cur = await call<TaskView>(
+      a.host,
+      'GET',
+      `/v1/task?${new URLSearchParams({ id: t.id }).toString()}`,
+    );
+  }
+  const { logs } = await call<{ logs: string }>(
+    a.host,
+    'GET',
+    `/v1/task/logs?${new URLSearchParams({ id: t.id }).toString()}`,
+  );
+  out(logs);
+  if (values.rm) await call(a.host, 'POST', '/v1/task/rm', { id: t.id });
+  return typeof cur.exitCode === 'number' ? cur.exitCode : 1;
+}
+
+async function psCmd(a: Args): Promise<void> {
+  cmdArgs(a, 1, {}, 'ps');
+  const tasks = await call<TaskView[]>(a.host, 'GET', '/v1/tasks');
+  if (a.json) return out(JSON.stringify(tasks) + '\n');
+  const rows = [['ID', 'NAME', 'STATE', 'NETWORKS', 'COMMAND']];
+  for (const t of tasks) {
+    rows.push([
+      t.id.slice(0, 12),
+      t.name,
+      t.state + (t.state === 'exited' ? ` (${t.exitCode ?? '?'})` : ''),
+      t.networks.map((n) => `${n.network}=${n.address}`).join(',') || '-',
+      t.cmd.join(' '),
+    ]);
+  }
+  out(table(rows));
+}
+
+async function rmCmd(a: Args): Promise<void> {
+  const { positionals } = cmdArgs(a, 1, {}, 'rm');
+  if (positionals.length === 0) throw new UsageError('rm: give at least one TASK');
+  for (const id of positionals) {
+    await call(a.host, 'POST', '/v1/task/rm', { id });
+    if (!a.json) out(`${id}\n`);
+  }
+}
+
+async function logsCmd(a: Args): Promise<void> {
+  const { positionals } = cmdArgs(a, 1, {}, 'logs');
+  if (positionals.length !== 1) throw new UsageError('logs: give one TASK');
+  const { logs } = await call<{ logs: string }>(
+    a.host,
+    'GET',
+    `/v1/task/logs?${new URLSearchParams({ id: positionals[0]! }).toString()}`,
+  );
+  out(logs);
+}
+
 export async function run(argv: readonly string[]): Promise<number> {
   try {
     const a = parse(argv);
@@ -519,8 +634,17 @@ export async function run(argv: readonly string[]): Promise<number> {
           );
           return 0;
         }
+        if (a.words[1] === 'overlay') {
+          process.stdout.write(
+            JSON.stringify(await call(a.host, 'GET', '/v1/debug/overlay'), null, a.json ? 0 : 2) +
+              '\n',
+          );
+          return 0;
+        }
         if (a.words[1] !== 'gossip')
-          throw new UsageError(`debug ${a.words[1] ?? ''}: want \`meshctl debug gossip|raft\``);
+          throw new UsageError(
+            `debug ${a.words[1] ?? ''}: want \`meshctl debug gossip|raft|overlay\``,
+          );
         await debugGossip(a);
         return 0;
       case 'cluster':
@@ -532,6 +656,17 @@ export async function run(argv: readonly string[]): Promise<number> {
       case 'net':
       case 'network':
         await netCmd(a);
+        return 0;
+      case 'run':
+        return await runCmd(a);
+      case 'ps':
+        await psCmd(a);
+        return 0;
+      case 'rm':
+        await rmCmd(a);
+        return 0;
+      case 'logs':
+        await logsCmd(a);
         return 0;
       case undefined:
         throw new UsageError('no command given');

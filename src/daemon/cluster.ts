@@ -375,6 +375,24 @@ export class ClusterRole {
     this.rpc = undefined;
   }
 
+  /** True once this node belongs to a cluster (init or join done). */
+  get inCluster(): boolean {
+    return this.state !== null && this.creds !== null;
+  }
+
+  /** RPC to the managers for other roles (the agent): same as the heartbeat's path. */
+  managerRpc(method: string, params: unknown): Promise<unknown> {
+    if (!this.inCluster) {
+      return Promise.reject(
+        new MeshError(
+          'ENOCLUSTER',
+          `${method}: this node is not in a cluster; run \`meshctl cluster init\` or \`meshctl cluster join\``,
+        ),
+      );
+    }
+    return this.callManager(method, params);
+  }
+
   /** Call a manager with this node's certificate; follows ENOTLEADER redirects once. */
   private async callManager(method: string, params: unknown): Promise<unknown> {
     const st = this.state!;
