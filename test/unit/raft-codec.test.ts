@@ -5,8 +5,10 @@ import t from 'tap';
 
 import {
   batchSize,
+  decodeAck,
   decodeBatch,
   decodeSnapChunk,
+  encodeAckFrame,
   encodeBatch,
   encodeBatchInto,
   encodeFrame,
@@ -163,6 +165,8 @@ t.test('golden bytes', (t) => {
   t.equal(hex(encodeBatch([app, snap])), hex(want));
   t.same(decodeBatch(want).map(plain), [app, snap].map(plain));
   t.equal(hex(encodeFrame(FrameKind.RaftBatch, new Uint8Array([1, 0]))), '00000003030100');
+  t.equal(hex(encodeAckFrame(300)), '0000000306ac02');
+  t.equal(decodeAck(unhex('ac02')), 300);
   // Largest safe integer: 8 bytes, the last one 0x0f.
   const big = { ...app, entries: [], index: Number.MAX_SAFE_INTEGER };
   t.match(hex(encodeBatch([big])), /ffffffffffffff0f/);
@@ -335,7 +339,13 @@ t.test(`decoder fuzz: ${INPUTS} random and mutated inputs`, (t) => {
     const t0 = performance.now();
     try {
       if (pool === chunkSeeds) decodeSnapChunk(input);
-      else decodeBatch(input);
+      else if (i % 16 === 5) {
+        // The same bytes as a stream: frames, and acks inside them.
+        const d = new FrameDecoder(4096);
+        d.push(input.subarray(0, input.length >> 1));
+        d.push(input.subarray(input.length >> 1));
+        for (let f = d.next(); f !== undefined; f = d.next()) decodeAck(f.payload);
+      } else decodeBatch(input);
       ok++;
     } catch (e) {
       if (!(e instanceof MeshError) || e.code !== 'EWIRE') {
