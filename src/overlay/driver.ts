@@ -270,7 +270,7 @@ export class OverlayDriver {
   setPeers(vni: number, peers: readonly Peer[]): Promise<PeersResult> {
     const what = `set peers of network vni ${vni}`;
     return this.run(what, () => {
-      const st = this.need(vni, what);
+      const st = this.need(vni);
       for (const p of peers) {
         if (
           !p ||
@@ -297,7 +297,7 @@ export class OverlayDriver {
     const ifname = a.ifname ?? 'eth0';
     const what = `attach ${a.taskNs} ${ifname} ${a.ip} to network vni ${vni}`;
     return this.run(what, () => {
-      const st = this.need(vni, what);
+      const st = this.need(vni);
       if (!st.spec)
         throw new MeshError(
           'ENOTFOUND',
@@ -489,12 +489,12 @@ export class OverlayDriver {
     }
   }
 
-  private need(vni: number, what: string): NetState {
+  private need(vni: number): NetState {
     const st = this.nets.get(vni);
     if (!st) {
       throw new MeshError(
         'ENOTFOUND',
-        `${what}: network vni ${vni} is not set up on this node; call ensureNetwork (or adopt) first`,
+        `network vni ${vni} is not set up on this node; call ensureNetwork (or adopt) first`,
       );
     }
     return st;
