@@ -254,7 +254,10 @@ export interface ScheduleOptions {
   kinds?: readonly FaultKind[];
 }
 
-/** A seeded sequence of fault episodes; deterministic per options. */
+/**
+ * A seeded sequence of fault episodes; deterministic per options. Each kind appears at least
+ * once when there are at least as many episodes as kinds.
+ */
 export function faultSchedule(o: ScheduleOptions): FaultEvent[] {
   const r = new SeededRandom(o.seed);
   const kinds = o.kinds ?? ['partition', 'oneway', 'kill', 'stop', 'crash-all'];
@@ -272,12 +275,29 @@ export function faultSchedule(o: ScheduleOptions): FaultEvent[] {
     return all.slice(0, k).sort((a, b) => a - b);
   };
   const minority = Math.floor((o.nodes - 1) / 2);
+  const slots: { at: number; holdMs: number }[] = [];
   for (let n = 0; n < o.maxFaults; n++) {
     const holdMs = minHold + r.intn(Math.max(1, maxHold - minHold));
     if (at + holdMs > o.durationMs) break;
-    // crash-all is the costliest episode (every node restarts): a quarter of its share.
-    let kind = kinds[r.intn(kinds.length)]!;
-    if (kind === 'crash-all' && r.intn(4) !== 0) kind = kinds[r.intn(kinds.length)]!;
+    slots.push({ at, holdMs });
+    at += holdMs + gap + r.intn(gap);
+  }
+  // crash-all is the costliest episode (every node restarts): a quarter of its share.
+  const draw = (): FaultKind => {
+    const k = kinds[r.intn(kinds.length)]!;
+    return k === 'crash-all' && r.intn(4) !== 0 ? kinds[r.intn(kinds.length)]! : k;
+  };
+  const seq = slots.map(draw);
+  // Every kind at least once when there is room: a missing kind takes the slot of one drawn
+  // more than once.
+  for (const k of kinds) {
+    if (seq.includes(k)) continue;
+    const dup = seq.flatMap((x, i) => (seq.indexOf(x) !== seq.lastIndexOf(x) ? [i] : []));
+    if (dup.length === 0) break;
+    seq[dup[r.intn(dup.length)]!] = k;
+  }
+  for (let n = 0; n < slots.length; n++) {
+    const kind = seq[n]!;
     let size: number;
     switch (kind) {
       case 'partition':
@@ -296,13 +316,11 @@ export function faultSchedule(o: ScheduleOptions): FaultEvent[] {
     }
     out.push({
       kind,
-      at,
-      holdMs,
+      ...slots[n]!,
       nodes: pick(size),
       leader: kind !== 'crash-all' && r.intn(2) === 0,
       reverse: kind === 'oneway' && r.intn(2) === 0,
     });
-    at += holdMs + gap + r.intn(gap);
   }
   return out;
 }

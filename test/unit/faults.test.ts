@@ -231,6 +231,7 @@ t.test('schedules are seeded and bounded', async (t) => {
   const seen = new Set<FaultKind>();
   for (let seed = 1; seed <= 50; seed++) {
     const s = faultSchedule({ ...o, seed });
+    if (new Set(s.map((e) => e.kind)).size !== 5) t.fail(`seed ${seed}: not every kind`);
     let last = 0;
     for (const e of s) {
       seen.add(e.kind);
