@@ -232,6 +232,11 @@ export class EtcdCluster implements BenchCluster {
     const end = Date.now() + limitMs;
     let why = 'no status yet';
     while (Date.now() < end) {
+      const dead = this.procs.findIndex((p) => p && (p.exitCode !== null || p.signalCode !== null));
+      if (dead >= 0)
+        throw new Error(
+          `etcd ${this.names[dead]!}: exited (${this.procs[dead]!.exitCode ?? this.procs[dead]!.signalCode})`,
+        );
       const st = await Promise.all(this.targets.map((_, i) => this.status(i)));
       const leaders = new Set(st.map((s) => s?.leader));
       if (st.some((s) => !s)) why = 'a member does not answer';

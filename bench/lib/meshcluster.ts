@@ -100,6 +100,11 @@ export class MeshCluster implements BenchCluster {
   private async waitSocket(i: number, limitMs: number): Promise<void> {
     const end = Date.now() + limitMs;
     while (Date.now() < end) {
+      const p = this.procs[i];
+      if (p && (p.exitCode !== null || p.signalCode !== null))
+        throw new Error(
+          `meshd ${this.names[i]!}: exited (${p.exitCode ?? p.signalCode}) before its API socket was up`,
+        );
       if (existsSync(this.socket(i))) {
         try {
           const r = await this.worker.request(this.targets[i]!, 'GET', '/v1/health');
@@ -179,6 +184,11 @@ export class MeshCluster implements BenchCluster {
     const end = Date.now() + limitMs;
     let why = 'no status yet';
     while (Date.now() < end) {
+      const dead = this.procs.findIndex((p) => p && (p.exitCode !== null || p.signalCode !== null));
+      if (dead >= 0)
+        throw new Error(
+          `meshd ${this.names[dead]!}: exited (${this.procs[dead]!.exitCode ?? this.procs[dead]!.signalCode})`,
+        );
       const st = await Promise.all(this.targets.map((_, i) => this.status(i)));
       const leaders = new Set(st.map((s) => String(s?.leader ?? '')));
       if (st.some((s) => !s)) why = 'a member does not answer /v1/raft/status';
