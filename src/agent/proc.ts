@@ -1,0 +1,101 @@
+/**
+ * What the task runtime reads from /proc: a process's state, group, session and start time
+ * (proc(5), /proc/<pid>/stat), and which processes live in a given network namespace (what
+ * `ip netns pids` does). Synchronous, small reads; no knowledge of tasks.
+ * May import: node built-ins.
+ */
+import { readFileSync, readdirSync, readlinkSync } from 'node:fs';
+
+export interface ProcStat {
+  /** Field 3: R, S, D, Z (zombie), X (dead), … */
+  state: string;
+  /** Field 4. */
+  ppid: number;
+  /** Field 5: process group id. */
+  pgrp: number;
+  /** Field 6: session id. */
+  session: number;
+  /**
+   * Field 22: start time in clock ticks since boot, kept as the kernel's decimal text. Together
+   * with the pid it names one process for the life of the boot: a reused pid has a later one.
+   */
+  startTime: string;
+}
+
+/** Parse /proc/<pid>/stat; undefined when the process does not exist (or cannot be read). */
+export function readProcStat(pid: number): ProcStat | undefined {
+  let s: string;
+  try {
+    s = readFileSync(`/proc/${pid}/stat`, 'latin1');
+  } catch {
+    return undefined;
+  }
+  // Field 2 (comm) is in parentheses and may itself hold spaces and ')': split after the last.
+  const end = s.lastIndexOf(')');
+  if (end < 0) return undefined;
+  const f = s.slice(end + 2).split(' ');
+  // f[0] is field 3, so field N is f[N - 3].
+  const state = f[0];
+  const startTime = f[19];
+  if (state === undefined || startTime === undefined) return undefined;
+  return {
+    state,
+    ppid: Number(f[1]),
+    pgrp: Number(f[2]),
+    session: Number(f[3]),
+    startTime,
+  };
+}
+
+/**
+ * True when the process recorded as (pid, startTime) still runs: it exists, was started at
+ * that tick (so the pid was not reused) and has not exited (a zombie has exited, it only
+ * waits for its parent to collect the status).
+ */
+export function procAlive(pid: number, startTime: string): boolean {
+  const st = readProcStat(pid);
+  return st !== undefined && st.startTime === startTime && st.state !== 'Z' && st.state !== 'X';
+}
+
+/**
+ * Pids of the processes in each of the network namespaces with inodes `inos` (the inode of
+ * /run/netns/NAME), except ours. One pass over /proc: bounded by the number of processes.
+ */
+export function pidsByNetns(inos: ReadonlySet<number>): Map<number, number[]> {
+  const out = new Map<number, number[]>();
+  if (inos.size === 0) return out;
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    const pid = Number(d);
+    if (pid === process.pid) continue;
+    let link: string;
+    try {
+      link = readlinkSync(`/proc/${d}/ns/net`);
+    } catch {
+      continue; // exited meanwhile, or a kernel thread
+    }
+    const m = /^net:\[(\d+)\]$/.exec(link);
+    const ino = m ? Number(m[1]) : NaN;
+    if (!inos.has(ino)) continue;
+    const list = out.get(ino);
+    if (list) list.push(pid);
+    else out.set(ino, [pid]);
+  }
+  return out;
+}
+
+/** Pids of the processes in one network namespace (what `ip netns pids NAME` prints). */
+export function pidsInNetns(ino: number): number[] {
+  return pidsByNetns(new Set([ino])).get(ino) ?? [];
+}
+
+/** kill(2) that treats "no such process" as done; returns whether a signal was delivered. */
+export function signal(pid: number, sig: NodeJS.Signals): boolean {
+  try {
+    process.kill(pid, sig);
+    return true;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ESRCH') return false;
+    throw e;
+  }
+}
