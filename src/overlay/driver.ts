@@ -630,8 +630,8 @@ export class OverlayDriver {
       linkAdd(rt, { kind: 'bridge', name: BRIDGE_NAME, mtu, mac: gwMac, up: true, stp: false });
       br = linkGet(rt, BRIDGE_NAME);
       fixes++;
-    } else if (!br.up || br.mtu !== mtu || br.mac !== gwMac) {
-      linkSet(rt, br.index, { up: true, mtu, mac: gwMac });
+    } else if (!br.up || br.mac !== gwMac) {
+      linkSet(rt, br.index, { up: true, mac: gwMac });
       fixes++;
     }
     const wantAddrs = new Set(
@@ -719,6 +719,11 @@ export class OverlayDriver {
         if (e instanceof MeshError && e.code === 'ENETNS') st.attachments.delete(veth);
         else throw e;
       }
+    }
+    // The bridge's MTU last, once its ports have theirs, so raising and lowering both work.
+    if (linkGet(rt, br.index).mtu !== mtu) {
+      linkSet(rt, br.index, { mtu });
+      fixes++;
     }
     return fixes;
   }

@@ -284,6 +284,16 @@ t.test('reconcile repairs drift and counts it', async (t) => {
   t.ok(r.repairs >= 3, `repairs counted (${r.repairs})`);
   t.same(await d1.reconcile([NET.vni]), { repairs: 0, unknown: [] }, 'then nothing left to do');
   t.same(allPairs(w.tasks).failed, [], 'all paths work again');
+  // The underlay's MTU changes: the network follows (bridge, vxlan, veths, the tasks' eth0).
+  h1.run('ip', ['link', 'set', 'eth0', 'mtu', '1500']);
+  t.ok((await d1.reconcile([NET.vni])).repairs >= 4, 'MTU drift repaired');
+  t.equal(j(ovns(h1), 'ip', 'link', 'show', 'vx-4096')[0].mtu, 1450, 'vxlan follows the underlay');
+  t.equal(j(ovns(h1), 'ip', 'link', 'show', 'br0')[0].mtu, 1450, 'bridge too');
+  t.equal(j(w.tasks[0]!.name, 'ip', 'link', 'show', 'eth0')[0].mtu, 1450, 'and the task');
+  t.ok(ping(w.tasks[0]!.name, far.ip, '-M', 'do', '-s', '1422'), '1450-byte packet crosses');
+  h1.run('ip', ['link', 'set', 'eth0', 'mtu', '9000']);
+  t.ok((await d1.reconcile([NET.vni])).repairs >= 4, 'and back up');
+  t.equal(j(ovns(h1), 'ip', 'link', 'show', 'br0')[0].mtu, 8950, 'bridge raised after its ports');
   // A network not desired any more is removed, and counts.
   t.same(await d1.reconcile([]), { repairs: 1, unknown: [] });
   t.notOk(spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' }).stdout.includes(ovns(h1)));
