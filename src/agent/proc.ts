@@ -4,7 +4,7 @@
  * `ip netns pids` does). Synchronous, small reads; no knowledge of tasks.
  * May import: node built-ins.
  */
-import { readFileSync, readdirSync, readlinkSync } from 'node:fs';
+import { closeSync, openSync, readSync, readdirSync, readlinkSync } from 'node:fs';
 
 export interface ProcStat {
   /** Field 3: R, S, D, Z (zombie), X (dead), … */
@@ -22,11 +22,22 @@ export interface ProcStat {
   startTime: string;
 }
 
+const statBuf = Buffer.alloc(4096);
+
 /** Parse /proc/<pid>/stat; undefined when the process does not exist (or cannot be read). */
 export function readProcStat(pid: number): ProcStat | undefined {
   let s: string;
   try {
-    s = readFileSync(`/proc/${pid}/stat`, 'latin1');
+    // open + one read into a reused buffer costs a fraction of readFileSync (which stats the
+    // file and allocates per call): this runs for every adopted task at every poll. The line
+    // is a few hundred bytes (comm is at most 64).
+    const fd = openSync(`/proc/${pid}/stat`, 'r');
+    try {
+      const n = readSync(fd, statBuf, 0, statBuf.length, 0);
+      s = statBuf.toString('latin1', 0, n);
+    } finally {
+      closeSync(fd);
+    }
   } catch {
     return undefined;
   }
