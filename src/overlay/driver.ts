@@ -175,7 +175,9 @@ export class OverlayError extends MeshError {
 
 function wrap(what: string, e: unknown): OverlayError {
   if (e instanceof OverlayError) return e;
-  const code = e instanceof MeshError && e.code === 'EUSAGE' ? 'EUSAGE' : 'EOVERLAY';
+  // The driver's own verdicts keep their code; whatever the kernel or a tool refused is EOVERLAY.
+  const own = e instanceof MeshError && ['EUSAGE', 'ENOTFOUND', 'EEXIST'].includes(e.code);
+  const code = own ? e.code : 'EOVERLAY';
   return new OverlayError(code, `${what}: ${e instanceof Error ? e.message : String(e)}`, e);
 }
 

@@ -409,3 +409,54 @@ t.test('egress through mesh_gwbridge with masquerade', async (t) => {
     ['eth0', 'lo'],
   );
 });
+
+t.test(
+  'multi-subnet networks route on-link; attach with a gateway sets the default route',
+  async (t) => {
+    const net = testnet(t, { hosts: 2 });
+    const [h1, h2] = net.hosts as [TestHost, TestHost];
+    const drivers = net.hosts.map(driverFor);
+    const x1 = makeTask(h1, 1, '10.0.2.5');
+    const x2 = makeTask(h2, 1, '10.0.3.5');
+    t.teardown(() => {
+      for (const d of drivers) d.close();
+      x1.ns.close();
+      x2.ns.close();
+    });
+    const spec: NetworkSpec = {
+      ...NET,
+      id: 'two',
+      vni: 4100,
+      subnets: [
+        { subnet: '10.0.2.0/24', gateway: '10.0.2.1' },
+        { subnet: '10.0.3.0/24', gateway: '10.0.3.1' },
+      ],
+    };
+    for (const d of drivers)
+      t.same(await d.ensureNetwork(spec), { ns: d.netnsName(4100), mtu: 1450 });
+    await drivers[0]!.attach(4100, { taskNs: x1.name, ip: '10.0.2.5/24', gateway: '10.0.2.1' });
+    await drivers[1]!.attach(4100, { taskNs: x2.name, ip: '10.0.3.5/24' });
+    const peers = [
+      { ip: '10.0.2.5/24', mac: macFromIp('10.0.2.5'), vtep: h1.addr },
+      { ip: '10.0.3.5/24', mac: macFromIp('10.0.3.5'), vtep: h2.addr },
+    ];
+    for (const d of drivers) await d.setPeers(4100, peers);
+    t.ok(ping(x1.name, x2.ip), 'across subnets and hosts');
+    t.ok(ping(x2.name, x1.ip), 'and back');
+    const routes = j(x1.name, 'ip', 'route')
+      .map((r) => `${r.dst} ${r.gateway ?? '-'} ${r.dev}`)
+      .sort();
+    t.same(routes, ['10.0.2.0/24 - eth0', '10.0.3.0/24 - eth0', 'default 10.0.2.1 eth0']);
+    t.ok(ping(x1.name, '10.0.2.1'), 'the local gateway address answers');
+    await t.rejects(
+      drivers[0]!.attach(4100, { taskNs: x1.name, ifname: 'eth1', ip: '10.0.9.5/24' }),
+      { code: 'EUSAGE', message: /not in a subnet of network two/ },
+      'an address outside the network is refused with the reason',
+    );
+    await t.rejects(drivers[0]!.setPeers(4999, []), {
+      code: 'ENOTFOUND',
+      message:
+        /set peers of network vni 4999: network vni 4999 is not set up on this node; call ensureNetwork/,
+    });
+  },
+);
