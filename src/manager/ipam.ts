@@ -4,8 +4,8 @@
  * `--subnet`/`--gateway`/`--ip-range`, serial address allocation and the VNI allocator.
  *
  * Pure: no clock, no randomness, no I/O. Addresses are handled as unsigned 32-bit numbers,
- * parsed strictly (four decimal parts, no shorthand); ipaddr.js recognises IPv6 for messages. Errors are MeshErrors
- * whose message is the detail only; callers prefix their `<op> <object>`.
+ * parsed strictly (four decimal parts, no shorthand); ipaddr.js recognises IPv6 for messages.
+ * Errors are MeshErrors whose message is the detail only; callers prefix `<op> <object>: `.
  *
  * May import ipaddr.js and src/util/errors.ts.
  */
@@ -240,7 +240,11 @@ function capacity(subnet: Cidr, range: Cidr, gateway: number): number {
 }
 
 /** How many task addresses `subnet` (or its `ipRange`) offers. */
-export function usableAddresses(subnet: string, ipRange: string | undefined, gateway: string) {
+export function usableAddresses(
+  subnet: string,
+  ipRange: string | undefined,
+  gateway: string,
+): number {
   const c = parseCidr(subnet);
   return capacity(c, ipRange === undefined ? c : parseCidr(ipRange), parseIpv4(gateway));
 }

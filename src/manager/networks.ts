@@ -218,13 +218,14 @@ export function planCreateNetwork(
       throw usage(`${at}: mtu ${String(spec.mtu)} must be an integer in [${MTU_MIN}, ${MTU_MAX}]`);
     }
   }
-  const labels: Record<string, string> = {};
-  for (const [k, v] of Object.entries(spec.labels ?? {})) {
+  const labelList = Object.entries(spec.labels ?? {});
+  for (const [k, v] of labelList) {
     if (k === '' || typeof v !== 'string') {
       throw usage(`${at}: label ${JSON.stringify(k)} must have a non-empty key and a string value`);
     }
-    labels[k] = v;
   }
+  // fromEntries keeps a "__proto__" key a plain key, as the store does.
+  const labels = Object.fromEntries(labelList) as Record<string, string>;
 
   const networks = store.list('network');
   const owners: SubnetOwner[] = networks.flatMap((n) =>

@@ -121,6 +121,12 @@ t.test('ingress at init, then networks get the next /24 and VNI', async (t) => {
     ingress: false,
   });
   t.same(web.labels, { team: 'a' });
+  const odd = planCreateNetwork(
+    c.store,
+    spec('odd', { labels: JSON.parse('{"__proto__": "x", "k": "v"}') }),
+    'odd',
+  ).network;
+  t.same(Object.keys(odd.labels).sort(), ['__proto__', 'k'], 'a __proto__ label stays a label');
   t.equal(c.store.get('kv', NETWORK_ALLOC_KEY)?.value, '2', 'each creation bumps the guard');
 
   const custom = create(
