@@ -358,13 +358,16 @@ export interface ScheduleStats {
   partitions: number;
   /** Episodes skipped because the run fell behind its plan. */
   skipped: number;
+  /** Why the run stopped early (e.g. a process did not come back); the history still counts. */
+  error?: string;
 }
 
 /**
  * Play `events` against the cluster, each at its time from now, undoing each after its hold.
  * Restarts can make the run fall behind its plan; an episode that would then end past
  * `maxMs` (default: the planned end) is skipped. Stops early (undoing the current fault) when
- * `signal` aborts. Always leaves the network healed and every process running and continued.
+ * `signal` aborts or an injection or restart fails (then `error` says why; it never throws).
+ * Leaves the network healed and every process started and continued.
  */
 export async function runSchedule(
   events: readonly FaultEvent[],
@@ -436,8 +439,13 @@ export async function runSchedule(
       await wait(e.at + e.holdMs);
       await undo(c);
     }
-  } finally {
+  } catch (e) {
+    st.error = e instanceof Error ? e.message : String(e);
+  }
+  try {
     await undo(c);
+  } catch (e) {
+    st.error ??= e instanceof Error ? e.message : String(e);
   }
   return st;
 }

@@ -412,6 +412,7 @@ for (const size of [3, 5]) {
       t.equal(check.result, 'ok', 'the history is linearizable');
       if (check.result === 'illegal') t.comment(check.explanation);
       if (check.result === 'unknown') t.comment(check.reason);
+      t.equal(stats.error, undefined, 'every fault was injected and undone');
       t.equal(stuck, null, 'after healing, every manager answers reads');
       t.same(lost, [], 'no acknowledged write lost');
       t.same(crashed, [], 'no meshd exited on its own');
