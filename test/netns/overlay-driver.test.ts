@@ -3,7 +3,7 @@
 // iproute2's JSON output (`ip -j`, `bridge -j`) inside the test's namespaces, and by ping.
 import t, { type Test } from 'tap';
 import { spawnSync } from 'node:child_process';
-import { netnsCreate, type Netns } from '../../src/netlink/index.js';
+import { netnsCreate, spawnInNetns, type Netns } from '../../src/netlink/index.js';
 import { OverlayDriver, type NetworkSpec, type Peer } from '../../src/overlay/index.js';
 import { macFromIp } from '../../src/overlay/plan.js';
 import { testnet, type TestHost, type TestNet } from '../lib/testnet.js';
@@ -460,3 +460,85 @@ t.test(
     });
   },
 );
+
+t.test('a real agent process killed with -9: traffic flows on, the next one adopts', async (t) => {
+  const w = await world(t);
+  const h1 = w.net.hosts[0]!;
+  const before = {
+    arp: arp(ovns(h1), 'vx-4096').length,
+    fdb: j(ovns(h1), 'bridge', 'fdb', 'show', 'dev', 'vx-4096').length,
+    links: j(ovns(h1), 'ip', 'link').length,
+  };
+  w.drivers[0]!.close();
+  // The agent runs in the node's namespace with the driver's defaults (no hostNetns), as
+  // meshd does. It is started with setns on the network namespace only (spawnInNetns), not
+  // `ip netns exec`, whose private mount namespace would hide the namespaces it creates.
+  const dist = new URL('../../', import.meta.url).href;
+  const mine = w.tasks.filter((x) => x.host === h1);
+  const script = `
+    import { OverlayDriver } from '${dist}src/overlay/index.js';
+    const [spec, tasks, peers, vtep, prefix] = JSON.parse(process.argv[1]);
+    const d = new OverlayDriver({ vtep, netnsPrefix: prefix });
+    const adopted = await d.adopt([spec.vni]);
+    await d.ensureNetwork(spec);
+    for (const x of tasks) await d.attach(spec.vni, x);
+    const r = await d.setPeers(spec.vni, peers);
+    const rec = await d.reconcile([spec.vni]);
+    process.stdout.write(JSON.stringify({ adopted, added: r.added, removed: r.removed, repairs: rec.repairs }) + '\\n');
+    setInterval(() => {}, 1000);
+  `;
+  const input = JSON.stringify([
+    NET,
+    mine.map((x) => ({ taskNs: x.name, ip: `${x.ip}/24` })),
+    peersOf(w.tasks),
+    h1.addr,
+    `${h1.name}-`,
+  ]);
+  const child = spawnInNetns(
+    h1.ns,
+    process.execPath,
+    ['--input-type=module', '-e', script, input],
+    {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
+  );
+  let out = '';
+  let err = '';
+  child.stdout!.on('data', (b: Buffer) => (out += b.toString()));
+  child.stderr!.on('data', (b: Buffer) => (err += b.toString()));
+  const exited = new Promise<void>((resolve) => child.on('exit', () => resolve()));
+  t.teardown(() => {
+    child.kill('SIGKILL');
+  });
+  for (let i = 0; i < 200 && !out.includes('\n') && child.exitCode === null; i++) {
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  t.equal(err, '', 'agent ran without errors');
+  const report = JSON.parse(out.trim()) as Record<string, unknown>;
+  t.same(
+    report,
+    { adopted: { kept: [4096], removed: [] }, added: 0, removed: 0, repairs: 0 },
+    'the agent adopted the state and had nothing to add',
+  );
+  child.kill('SIGKILL');
+  await exited;
+  t.equal(child.signalCode, 'SIGKILL');
+  t.same(allPairs(w.tasks).failed, [], 'traffic flows with the agent dead');
+
+  const d = driverFor(h1);
+  w.drivers[0] = d;
+  t.same(await d.adopt([NET.vni]), { kept: [4096], removed: [] });
+  await d.ensureNetwork(NET);
+  for (const x of mine) await d.attach(NET.vni, { taskNs: x.name, ip: `${x.ip}/24` });
+  t.same(await d.setPeers(NET.vni, peersOf(w.tasks)), { added: 0, removed: 0, conflicts: [] });
+  t.same(await d.reconcile([NET.vni]), { repairs: 0, unknown: [] });
+  t.same(
+    {
+      arp: arp(ovns(h1), 'vx-4096').length,
+      fdb: j(ovns(h1), 'bridge', 'fdb', 'show', 'dev', 'vx-4096').length,
+      links: j(ovns(h1), 'ip', 'link').length,
+    },
+    before,
+    'zero duplicates after two restarts',
+  );
+});
