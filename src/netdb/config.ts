@@ -15,6 +15,12 @@ export interface NetdbConfig {
    * packets. @default 200
    */
   gossipIntervalMs: number;
+  /**
+   * Packets per network per gossip round while its queue is deep (each to the same peers):
+   * a burst of writes (a service scaled up) drains that many times faster. 1 is networkdb's
+   * behaviour. @default 4
+   */
+  maxGossipPackets: number;
   /** Peers per network per gossip round. Higher: faster and more redundant, more packets. @default 3 */
   gossipNodes: number;
   /**
@@ -65,6 +71,7 @@ export interface NetdbConfig {
 
 export const DEFAULT_CONFIG: Readonly<NetdbConfig> = Object.freeze({
   gossipIntervalMs: 200,
+  maxGossipPackets: 4,
   gossipNodes: 3,
   retransmitMult: 4,
   bulkSyncIntervalMs: 30_000,
@@ -81,6 +88,7 @@ export const DEFAULT_CONFIG: Readonly<NetdbConfig> = Object.freeze({
 export function validateConfig(c: NetdbConfig): void {
   const positive: (keyof NetdbConfig)[] = [
     'gossipIntervalMs',
+    'maxGossipPackets',
     'gossipNodes',
     'retransmitMult',
     'bulkSyncIntervalMs',

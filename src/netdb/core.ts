@@ -169,7 +169,8 @@ class EventQueue {
     this.items.clear();
   }
 
-  take(budget: number, limit: number): Uint8Array[] {
+  /** Takes events for one packet; `skip` holds those already sent this round (not retaken). */
+  take(budget: number, limit: number, skip: Set<Uint8Array>): Uint8Array[] {
     if (this.items.size === 0) return [];
     const all = [...this.items.entries()].sort(
       ([, a], [, b]) => a.transmits - b.transmits || b.bytes.length - a.bytes.length || b.id - a.id,
@@ -177,9 +178,11 @@ class EventQueue {
     const out: Uint8Array[] = [];
     let used = 0;
     for (const [name, it] of all) {
+      if (skip.has(it.bytes)) continue;
       if (used + it.bytes.length > budget && !(out.length === 0 && used === 0)) continue;
       used += it.bytes.length;
       out.push(it.bytes);
+      skip.add(it.bytes);
       it.transmits++;
       if (it.transmits >= limit) this.items.delete(name);
       if (used >= budget) break;
@@ -225,10 +228,10 @@ const SEP = '\u0000';
 
 /**
  * How long returns of failed peers are collected before one bulk sync with one of them: the
- * failure detector reports a healed partition member by member over about a second, and one
+ * failure detector reports a healed partition member by member, and one
  * sync with any node of the other side brings its whole view.
  */
-const RESYNC_BATCH_MS = 1000;
+const RESYNC_BATCH_MS = 300;
 
 const utf8 = new TextEncoder();
 
@@ -1023,10 +1026,14 @@ export class NetdbCore {
       }
       const n = this.peers(netId).length;
       const limit = this.config.retransmitMult * Math.ceil(Math.log10(n + 1));
-      const parts = ln.queue.take(budget - gossipHeaderSize(this.name, netId, 255), limit);
-      if (parts.length === 0) continue;
-      const payload = encodeGossipParts(this.name, netId, parts);
-      for (const p of peers) this.sendMsg(p, payload, false);
+      const room = budget - gossipHeaderSize(this.name, netId, 255);
+      const taken = new Set<Uint8Array>();
+      for (let k = 0; k < this.config.maxGossipPackets; k++) {
+        const parts = ln.queue.take(room, limit, taken);
+        if (parts.length === 0) break;
+        const payload = encodeGossipParts(this.name, netId, parts);
+        for (const p of peers) this.sendMsg(p, payload, false);
+      }
     }
     if (this.clusterQueue.length > 0) {
       const alive = this.aliveNodes();
@@ -1036,7 +1043,11 @@ export class NetdbCore {
       }
       const targets = this.pick(alive, this.config.gossipNodes);
       const limit = this.config.retransmitMult * Math.ceil(Math.log10(alive.length + 2));
-      const parts = this.clusterQueue.take(budget - gossipHeaderSize(this.name, '', 255), limit);
+      const parts = this.clusterQueue.take(
+        budget - gossipHeaderSize(this.name, '', 255),
+        limit,
+        new Set(),
+      );
       if (parts.length === 0) return;
       const payload = encodeNetEventParts(this.name, parts);
       for (const to of targets) this.sendMsg(to, payload, false);

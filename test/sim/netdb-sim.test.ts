@@ -236,6 +236,8 @@ export class Sim {
   }
 
   lastWrite = 0;
+  /** When the failure detector last reported a node alive again. */
+  lastAliveReport = 0;
 
   write(name: string, net: string, key: string, value: string | null): void {
     const n = this.nodes.get(name)!;
@@ -271,6 +273,7 @@ export class Sim {
           failed.delete(x.name);
           this.at(this.now + 200 + this.rng.next() * 800, () => {
             if (!obs.up || !this.canTalk(obs.name, x.name)) return;
+            this.lastAliveReport = this.now;
             obs.core.nodeAlive(this.now, x.name);
             this.pump(obs);
           });
@@ -423,6 +426,9 @@ interface RunResult {
   failOk: boolean;
   restoreMs: number | null;
   partitionHealMs: number | null;
+  /** From the failure detector's last "alive again" report to convergence. */
+  reportToRestoreMs: number | null;
+  reportToHealMs: number | null;
   watchers: string | null;
   notInNetwork: number;
   bytesPerNode: number;
@@ -444,7 +450,7 @@ function scenario(seed: number, n: number, loss: number, extras = true): RunResu
   sim.run(sim.now + 1000);
   const c0 = sim.runUntil(sim.now + 60_000, () => sim.converged());
   // From the last write (the burst spreads writes over a second).
-  const createMs = c0 === null ? null : sim.now - sim.lastWrite;
+  const createMs = c0 === null ? null : Math.round(sim.now - sim.lastWrite);
   // Updates and deletes of random entries by their owners.
   for (const [net, tr] of sim.truth) {
     const keys = [...tr.keys()];
@@ -462,6 +468,8 @@ function scenario(seed: number, n: number, loss: number, extras = true): RunResu
     failOk: true,
     restoreMs: null,
     partitionHealMs: null,
+    reportToRestoreMs: null,
+    reportToHealMs: null,
     watchers: sim.watchersAgree(),
     notInNetwork: 0,
     bytesPerNode: sim.sum((c) => c.bytesSent) / n,
@@ -477,6 +485,7 @@ function scenario(seed: number, n: number, loss: number, extras = true): RunResu
       sim.now + 60_000,
       () => sim.converged() && sim.sum((c) => c.hidden) === 0,
     );
+    r.reportToRestoreMs = r.restoreMs === null ? null : Math.round(sim.now - sim.lastAliveReport);
     // A partition in two with writes on both sides, then heal.
     const half = names.slice(0, Math.floor(n / 2));
     sim.partition([half, names.slice(Math.floor(n / 2))]);
@@ -488,6 +497,8 @@ function scenario(seed: number, n: number, loss: number, extras = true): RunResu
       sim.now + 90_000,
       () => sim.converged() && sim.sum((c) => c.hidden) === 0,
     );
+    r.reportToHealMs =
+      r.partitionHealMs === null ? null : Math.round(sim.now - sim.lastAliveReport);
     r.watchers ??= sim.watchersAgree();
   }
   r.notInNetwork = sim.sum((c) => c.notInNetwork);
@@ -681,16 +692,18 @@ t.test('convergence table', { skip: !process.env.NETDB_SIM_TABLE }, async (t) =>
       const u: number[] = [];
       const h: number[] = [];
       const b: number[] = [];
+      const rs: number[] = [];
       for (let seed = 1; seed <= 10; seed++) {
         const r = scenario(1000 + seed, n, loss);
         if (r.createMs !== null) c.push(r.createMs);
         if (r.changeMs !== null) u.push(r.changeMs);
-        if (r.partitionHealMs !== null) h.push(r.partitionHealMs);
-        b.push(r.bytesPerNode);
+        if (r.reportToHealMs !== null) h.push(r.reportToHealMs);
+        if (r.reportToRestoreMs !== null) rs.push(r.reportToRestoreMs);
+        b.push(Math.round(r.bytesPerNode / 1024));
       }
       const f = (xs: number[]) => `${median(xs)} (${Math.min(...xs)}–${Math.max(...xs)})`;
       rows.push(
-        `| ${n} | ${loss * 100} % | ${f(c)} | ${f(u)} | ${f(h)} | ${c.length}/${u.length}/${h.length} of 10 |`,
+        `| ${n} | ${loss * 100} % | ${f(c)} | ${f(u)} | ${f(rs)} | ${f(h)} | ${f(b)} | ${c.length}/${u.length}/${rs.length}/${h.length} |`,
       );
     }
   }
