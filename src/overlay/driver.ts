@@ -437,7 +437,15 @@ export class OverlayDriver {
       }
       if (this.gws.size > 0) {
         repairs += this.ensureGwBridge();
-        for (const [veth, rec] of [...this.gws]) repairs += this.attachGw(veth, rec);
+        for (const [veth, rec] of [...this.gws]) {
+          try {
+            repairs += this.attachGw(veth, rec);
+          } catch (e) {
+            // The task ended (its namespace is gone, and its gw0 pair with it).
+            if (e instanceof MeshError && e.code === 'ENETNS') this.gws.delete(veth);
+            else throw e;
+          }
+        }
       }
       return { repairs, unknown: unknown.sort((a, b) => a - b) };
     });

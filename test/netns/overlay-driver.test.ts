@@ -3,7 +3,7 @@
 // iproute2's JSON output (`ip -j`, `bridge -j`) inside the test's namespaces, and by ping.
 import t, { type Test } from 'tap';
 import { spawnSync } from 'node:child_process';
-import { netnsCreate, spawnInNetns, type Netns } from '../../src/netlink/index.js';
+import { netnsCreate, netnsDelete, spawnInNetns, type Netns } from '../../src/netlink/index.js';
 import { OverlayDriver, type NetworkSpec, type Peer } from '../../src/overlay/index.js';
 import { macFromIp } from '../../src/overlay/plan.js';
 import { testnet, type TestHost, type TestNet } from '../lib/testnet.js';
@@ -407,7 +407,11 @@ t.test('egress through mesh_gwbridge with masquerade', async (t) => {
       .map((l) => l.ifname)
       .sort(),
     ['eth0', 'lo'],
-  );
+  ); // A task that ended (its namespace name gone) is dropped by reconcile, not an error.
+  const ended = w.tasks[1]!;
+  await d1.attachGateway(ended.name, '10.255.0.3/16');
+  netnsDelete(ended.name);
+  t.same(await d1.reconcile([NET.vni]), { repairs: 0, unknown: [] }, 'ended task forgotten');
 });
 
 t.test(
