@@ -28,6 +28,8 @@ export interface PeerTables {
   joinNetwork(netId: string): void;
   leaveNetwork(netId: string): void;
   createEntry(table: string, netId: string, key: string, value: Uint8Array): void;
+  updateEntry(table: string, netId: string, key: string, value: Uint8Array): void;
+  getEntry(table: string, netId: string, key: string): unknown;
   deleteEntry(table: string, netId: string, key: string): void;
   getEntries(table: string, netId: string): { key: string; value: Uint8Array; owner: string }[];
   watch(table: string, cb: (ev: { netId: string; key: string }) => void): () => void;
@@ -212,12 +214,14 @@ export class Agent {
   private publish(t: TaskRecord, at: Attachment): void {
     if (!at.mac) return;
     const v: PeerValue = { ip: at.address, mac: at.mac, vtep: this.opts.vtep };
-    this.opts.tables.createEntry(
-      PEER_TABLE,
-      at.networkId,
-      this.endpointKey(t.id, at.networkId),
-      Buffer.from(JSON.stringify(v)),
-    );
+    const key = this.endpointKey(t.id, at.networkId);
+    const value = Buffer.from(JSON.stringify(v));
+    // After a restart the entry may still be known (ours, from the previous run): update it.
+    if (this.opts.tables.getEntry(PEER_TABLE, at.networkId, key)) {
+      this.opts.tables.updateEntry(PEER_TABLE, at.networkId, key, value);
+    } else {
+      this.opts.tables.createEntry(PEER_TABLE, at.networkId, key, value);
+    }
   }
 
   /** Coalesce peer-table changes per network into one setPeers at a time. */
@@ -358,11 +362,15 @@ export class Agent {
   async remove(ref: string): Promise<void> {
     const rec = this.find(ref);
     for (const at of rec.attachments) {
-      this.opts.tables.deleteEntry(
-        PEER_TABLE,
-        at.networkId,
-        this.endpointKey(rec.id, at.networkId),
-      );
+      try {
+        this.opts.tables.deleteEntry(
+          PEER_TABLE,
+          at.networkId,
+          this.endpointKey(rec.id, at.networkId),
+        );
+      } catch {
+        // never published (the run failed before that) or already gone
+      }
     }
     const info = this.runtime.get(rec.id);
     if (info?.state === 'running') await this.runtime.stop(rec.id, { graceMs: 5000 });

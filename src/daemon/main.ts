@@ -13,6 +13,7 @@ import { createLogger, setLogLevel } from '../util/log.js';
 import { VERSION } from '../util/version.js';
 import { ApiServer } from './api.js';
 import { USAGE, parseDaemonArgs, type DaemonConfig } from './config.js';
+import { AgentRole } from './agent.js';
 import { ClusterRole } from './cluster.js';
 import { GossipRole } from './gossip.js';
 
@@ -66,14 +67,17 @@ async function serve(cfg: DaemonConfig): Promise<number> {
   api.route('GET', '/v1/health', () => ({ ok: true }));
   let gossip: GossipRole | undefined;
   let cluster: ClusterRole | undefined;
+  let agent: AgentRole | undefined;
   try {
     gossip = await GossipRole.start(cfg, api);
     cluster = await ClusterRole.start(cfg, api, {
       forceNewCluster: cfg.forceNewCluster,
       ...(gossip ? { gossip } : {}),
     });
+    agent = await AgentRole.start(cfg, api, cluster, gossip);
     await api.listen(cfg.socket);
   } catch (e) {
+    agent?.stop();
     await cluster?.stop();
     await gossip?.stop();
     unlock();
@@ -86,6 +90,8 @@ async function serve(cfg: DaemonConfig): Promise<number> {
       if (stopping) return;
       stopping = true;
       log.info('stopping', { signal: sig });
+      // Tasks keep running: they outlive meshd, and the next meshd adopts them.
+      agent?.stop();
       void (cluster?.stop() ?? Promise.resolve())
         .catch((e: unknown) => log.error('cluster stop failed', { err: e }))
         .then(() => gossip?.stop())

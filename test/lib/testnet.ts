@@ -10,7 +10,6 @@
  * Used by tests and by scripts/testnet and the demo.
  */
 import {
-  spawn,
   spawnSync,
   type ChildProcess,
   type SpawnOptions,
@@ -27,6 +26,7 @@ import {
   netnsCreate,
   netnsDelete,
   netnsList,
+  spawnInNetns,
   type Netns,
 } from '../../src/netlink/index.js';
 
@@ -222,7 +222,10 @@ export class TestNet {
         return r.stdout;
       },
       spawn: (cmd, args, o = {}) => {
-        const child = spawn('ip', ['netns', 'exec', name, cmd, ...args], o);
+        // setns(2) only, not `ip netns exec`: that also unshares the mount namespace, and
+        // namespaces a meshd creates (bind mounts under /run/netns) would then be invisible
+        // outside it.
+        const child = spawnInNetns(ns, cmd, args, o);
         this.children.add(child);
         child.on('exit', () => this.children.delete(child));
         return child;

@@ -1,0 +1,136 @@
+/**
+ * The daemon's agent role: the network tables (netdb over this node's gossip) and the task
+ * agent (src/agent) once the node is in a cluster, and the task API routes behind
+ * `meshctl run|ps|rm|logs` and `meshctl debug overlay`.
+ *
+ * The agent starts lazily: at daemon start when the node already belongs to a cluster, or at the
+ * first task request after `cluster init`/`join`. It needs gossip (an --advertise-addr).
+ * May import: agent/, netdb/, util/, ./api, ./cluster, ./config, ./gossip.
+ */
+import { Agent, type PeerTables } from '../agent/agent.js';
+import { NetworkDB } from '../netdb/netdb.js';
+import { MeshError, UsageError } from '../util/errors.js';
+import { createLogger } from '../util/log.js';
+import type { ApiServer } from './api.js';
+import type { ClusterRole } from './cluster.js';
+import type { DaemonConfig } from './config.js';
+import type { GossipRole } from './gossip.js';
+
+const log = createLogger('agent');
+
+export class AgentRole {
+  private agent: Agent | undefined;
+  private starting: Promise<Agent> | undefined;
+  private netdb: NetworkDB | undefined;
+
+  private constructor(
+    private readonly cfg: DaemonConfig,
+    private readonly cluster: ClusterRole,
+    private readonly gossip: GossipRole | undefined,
+  ) {}
+
+  static async start(
+    cfg: DaemonConfig,
+    api: ApiServer,
+    cluster: ClusterRole,
+    gossip: GossipRole | undefined,
+  ): Promise<AgentRole> {
+    const r = new AgentRole(cfg, cluster, gossip);
+    r.routes(api);
+    if (cluster.inCluster && gossip) await r.ensure();
+    return r;
+  }
+
+  /** The agent, started on first use. */
+  private ensure(): Promise<Agent> {
+    if (this.agent) return Promise.resolve(this.agent);
+    if (!this.cluster.inCluster) {
+      return Promise.reject(
+        new MeshError(
+          'ENOCLUSTER',
+          'tasks need a cluster (addresses come from the managers): run `meshctl cluster init` or `meshctl cluster join` first',
+        ),
+      );
+    }
+    if (!this.gossip || !this.cfg.advertiseAddr) {
+      return Promise.reject(
+        new MeshError(
+          'EUNAVAILABLE',
+          'tasks need gossip (the overlay peer tables ride on it): start meshd with --advertise-addr',
+        ),
+      );
+    }
+    const gossip = this.gossip;
+    const vtep = this.cfg.advertiseAddr;
+    this.starting ??= (async () => {
+      this.netdb = NetworkDB.attach(gossip.ml);
+      const tables: PeerTables = this.netdb;
+      const agent = await Agent.start({
+        dataDir: this.cfg.dataDir,
+        vtep,
+        dataPathPort: this.cfg.dataPathPort,
+        netnsPrefix: this.cfg.netnsPrefix,
+        tables,
+        manager: (method, params) => this.cluster.managerRpc(method, params),
+      });
+      this.agent = agent;
+      log.info('agent started', { vtep, dataPathPort: this.cfg.dataPathPort });
+      return agent;
+    })().catch((e: unknown) => {
+      this.starting = undefined;
+      throw e;
+    });
+    return this.starting;
+  }
+
+  private routes(api: ApiServer): void {
+    const body = (b: unknown): Record<string, unknown> =>
+      b && typeof b === 'object' ? (b as Record<string, unknown>) : {};
+    const strings = (v: unknown, what: string): string[] => {
+      if (v === undefined) return [];
+      if (!Array.isArray(v) || !v.every((x) => typeof x === 'string')) {
+        throw new UsageError(`${what} must be a list of strings`);
+      }
+      return v;
+    };
+    api.route('POST', '/v1/tasks', async ({ body: b }) => {
+      const o = body(b);
+      const env: Record<string, string> = {};
+      for (const kv of strings(o.env, 'env')) {
+        const i = kv.indexOf('=');
+        if (i <= 0) throw new UsageError(`run -e ${kv}: want KEY=VALUE`);
+        env[kv.slice(0, i)] = kv.slice(i + 1);
+      }
+      const agent = await this.ensure();
+      return agent.run({
+        ...(typeof o.name === 'string' && o.name ? { name: o.name } : {}),
+        networks: strings(o.networks, 'networks'),
+        cmd: strings(o.cmd, 'cmd'),
+        env,
+        autoRemove: o.autoRemove === true,
+      });
+    });
+    api.route('GET', '/v1/tasks', async () => (await this.ensure()).list());
+    api.route('GET', '/v1/task', async ({ query }) =>
+      (await this.ensure()).view(query.get('id') ?? ''),
+    );
+    api.route('GET', '/v1/task/logs', async ({ query }) => ({
+      logs: (await this.ensure()).logs(query.get('id') ?? ''),
+    }));
+    api.route('POST', '/v1/task/rm', async ({ body: b }) => {
+      const id = body(b).id;
+      if (typeof id !== 'string') throw new UsageError('rm: give a task id or name');
+      await (await this.ensure()).remove(id);
+      return { removed: id };
+    });
+    api.route('GET', '/v1/debug/overlay', async () => {
+      const agent = await this.ensure();
+      return { agent: agent.status(), netdb: this.netdb?.counters() };
+    });
+  }
+
+  stop(): void {
+    this.agent?.close();
+    this.netdb?.close();
+  }
+}
