@@ -129,6 +129,17 @@ t.test(
     t.equal(vx.mtu, 8950, 'MTU = underlay 9000 - 50');
     t.equal(vx.linkinfo.info_slave_data.learning, false, 'bridge port: learning off');
     t.equal(vx.linkinfo.info_slave_data.flood, false, 'bridge port: unicast flood off');
+    const ports = j(ovns(h1), 'ip', '-d', 'link', 'show', 'master', 'br0');
+    t.equal(ports.length, 3, 'br0 ports: vx-4096 and two task veths');
+    for (const p of ports) {
+      const sd = p.linkinfo.info_slave_data;
+      t.same([sd.learning, sd.flood], [false, false], `${p.ifname}: learning and flood off`);
+    }
+    const taskStatics = ports
+      .filter((p: any) => p.ifname.startsWith('mesh-'))
+      .flatMap((p: any) => staticFdb(ovns(h1), p.ifname).map((e) => e.mac))
+      .sort();
+    t.same(taskStatics, [macFromIp('10.0.1.11'), macFromIp('10.0.1.12')], 'task MACs are static');
     const br = j(ovns(h1), 'ip', '-d', 'addr', 'show', 'br0')[0];
     t.equal(br.mtu, 8950);
     t.same(
