@@ -751,8 +751,18 @@ export class Manager {
     return this.read((s) => listNetworks(s));
   }
 
-  inspectNetwork(ref: string): Promise<NetworkView> {
-    return this.read((s) => describeNetwork(s, ref));
+  /** The store's view plus each attachment's VTEP (its node's underlay address). */
+  inspectNetwork(ref: string): Promise<NetworkView & { attachments: { vtep?: string }[] }> {
+    return this.read((s) => {
+      const v = describeNetwork(s, ref);
+      return {
+        ...v,
+        attachments: v.attachments.map((a) => {
+          const addr = a.nodeId !== undefined ? s.get('node', a.nodeId)?.addr : undefined;
+          return addr ? { ...a, vtep: addr } : a;
+        }),
+      };
+    });
   }
 
   /** Allocate `taskId` an address on a network (standalone tasks: `meshctl run --network`). */
