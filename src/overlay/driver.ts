@@ -57,7 +57,7 @@ import {
   NAT_TABLE,
   bareIp,
   inSubnet,
-  ipv4ToInt,
+  sortByIp,
   intToIpv4,
   macFromIp,
   natRuleset,
@@ -980,10 +980,11 @@ export class OverlayDriver {
     if (vx) {
       const k = this.kernelPeers(st.rt, vx.index);
       const vtepOf = new Map(k.fdb.map((f) => [f.mac, f.dst]));
-      st.peers = k.neigh
-        .filter((n) => n.mac !== '' && vtepOf.has(n.mac))
-        .map((n) => ({ ip: n.ip, mac: n.mac, vtep: vtepOf.get(n.mac)! }))
-        .sort((a, b) => ipv4ToInt(a.ip) - ipv4ToInt(b.ip));
+      st.peers = sortByIp(
+        k.neigh
+          .filter((n) => n.mac !== '' && vtepOf.has(n.mac))
+          .map((n) => ({ ip: n.ip, mac: n.mac, vtep: vtepOf.get(n.mac)! })),
+      );
     }
     for (const l of linkList(st.rt)) {
       if (l.kind !== 'veth' || !/^mesh-[0-9a-f]{8}$/.test(l.name)) continue;

@@ -62,6 +62,14 @@ export function intToIpv4(v: number): string {
   return [v >>> 24, (v >>> 16) & 0xff, (v >>> 8) & 0xff, v & 0xff].join('.');
 }
 
+/** Peers sorted by address (keys computed once: this runs on every reconcile of every peer). */
+export function sortByIp(peers: Peer[]): Peer[] {
+  return peers
+    .map((p) => ({ p, k: ipv4ToInt(p.ip) }))
+    .sort((a, b) => a.k - b.k)
+    .map((x) => x.p);
+}
+
 /** Parse `10.0.0.0/24` into network address and prefix length; throws EUSAGE. */
 export function parseV4Cidr(cidr: string, what: string): { net: number; len: number } {
   const i = cidr.indexOf('/');
@@ -158,8 +166,7 @@ export function desiredPeers(
     byMac.set(q.mac, q);
     keep.push(q);
   }
-  keep.sort((a, b) => ipv4ToInt(a.ip) - ipv4ToInt(b.ip));
-  return { keep, conflicts };
+  return { keep: sortByIp(keep), conflicts };
 }
 
 /** Diff the desired peers against the kernel's entries. */
