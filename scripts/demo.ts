@@ -1,137 +1,181 @@
 /**
- * The README's first command, for now: a demo of the netlink layer on namespaced test hosts.
- * Three hosts on an underlay bridge (198.18.0.0/24); on each, a VXLAN overlay (VNI 4096,
- * udp/4789) built the way Mesh's overlay driver will build it — bridge + vxlan with learning
- * off, ARP answered by the vxlan device from permanent neighbour entries, and static FDB entries
- * pointing each remote MAC at its VTEP — and a "task" namespace attached by a veth. Then
- * the tasks ping each other across hosts, the programmed state is shown with iproute2, and
- * everything is removed. (The full cluster demo replaces this when services exist.)
+ * The README's first command: a Mesh cluster on three namespaced hosts, end to end with real
+ * meshd processes. Hosts on an underlay bridge (198.18.0.0/24); `cluster init` on the first,
+ * the others join as managers with a token; an attachable overlay network; on every host a task
+ * (a tiny HTTP server naming its task and node) attached to it; every task requests every other
+ * across hosts over VXLAN; the programmed state read back with iproute2; one host's meshd is
+ * killed with -9 and the overlay keeps answering (the data path does not depend on the daemon);
+ * everything is removed. (Services with a published port on every node join when they exist.)
  */
-import { execFileSync, spawnSync } from 'node:child_process';
-import {
-  NETLINK_ROUTE,
-  NetlinkSocket,
-  addrAdd,
-  fdbAdd,
-  linkAdd,
-  linkSet,
-  linkSetUp,
-  neighAdd,
-  netnsCreate,
-  type Netns,
-} from '../src/netlink/index.js';
-import { TestNet } from '../test/lib/testnet.js';
+import { spawnSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { netnsList } from '../src/netlink/index.js';
+import { TestNet, type TestHost } from '../test/lib/testnet.js';
 
-const VNI = 4096;
+const root = fileURLToPath(new URL('../../', import.meta.url));
+const meshd = `${root}dist/src/daemon/main.js`;
+const meshctl = `${root}dist/src/cli/main.js`;
 const say = (s: string): boolean => process.stdout.write(`${s}\n`);
-const taskIp = (i: number): string => `10.0.0.${i + 1}`;
-const taskMac = (i: number): string => `02:42:0a:00:00:${(i + 1).toString(16).padStart(2, '0')}`;
 
-function main(): number {
+interface TaskView {
+  name: string;
+  netns: string;
+  networks: { address: string }[];
+}
+
+async function main(): Promise<number> {
   if (process.getuid?.() !== 0) {
     process.stderr.write('demo: needs root (it creates network namespaces); run it as root\n');
     return 1;
   }
   const net = TestNet.create({ hosts: 3, prefix: `mesh-demo-${process.pid}` });
-  const tasks: Array<{ ns: Netns; rt: NetlinkSocket; name: string }> = [];
+  const dir = mkdtempSync(join(tmpdir(), 'mesh-demo-'));
+  const procs = new Map<TestHost, ChildProcess>();
+  const sock = (h: TestHost): string => join(dir, `${h.index}.sock`);
+  const ctl = (h: TestHost, ...args: string[]): string => {
+    const r = spawnSync(process.execPath, [meshctl, '--host', sock(h), ...args], {
+      encoding: 'utf8',
+      timeout: 60_000,
+    });
+    if (r.status !== 0) throw new Error(`meshctl ${args.join(' ')} on ${h.name}: ${r.stderr}`);
+    return r.stdout;
+  };
+  const show = (h: TestHost, ...args: string[]): void => {
+    say(`$ meshctl ${args.join(' ')}    # on h${h.index}`);
+    process.stdout.write(ctl(h, ...args));
+  };
+  const until = async (what: string, f: () => boolean, ms = 20_000): Promise<void> => {
+    const end = Date.now() + ms;
+    while (!f()) {
+      if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  };
+  const get = (task: TaskView, url: string): string =>
+    spawnSync(
+      'ip',
+      [
+        'netns',
+        'exec',
+        task.netns,
+        process.execPath,
+        '-e',
+        `fetch(${JSON.stringify(url)},{signal:AbortSignal.timeout(1500)}).then(r=>r.text()).then(t=>process.stdout.write(t),()=>process.exit(1))`,
+      ],
+      { encoding: 'utf8', timeout: 5000 },
+    ).stdout.trim();
   try {
     say(
       `== 3 hosts on an underlay bridge: ${net.hosts.map((h) => `${h.name} ${h.addr}`).join(', ')}`,
     );
-    for (const host of net.hosts) {
-      const h = host.rt;
-      const i = host.index;
-      // Overlay: bridge + vxlan, no learning, ARP proxy from the neighbour table.
-      linkAdd(h, { kind: 'bridge', name: 'br-demo', mtu: 1450, up: true });
-      linkAdd(h, {
-        kind: 'vxlan',
-        name: `vx-${VNI.toString(16).padStart(6, '0')}`,
-        vni: VNI,
-        local: host.addr,
-        dev: 'eth0',
-        learning: false,
-        proxy: true,
-        mtu: 1450,
-        master: 'br-demo',
-        up: true,
-      });
-      // A task: its own namespace, attached by a veth with a MAC derived from its IP.
-      const name = `${net.prefix}-t${i}`;
-      const ns = netnsCreate(name);
-      const rt = NetlinkSocket.open(NETLINK_ROUTE, { netns: ns });
-      linkSetUp(rt, 'lo');
-      linkAdd(h, {
-        kind: 'veth',
-        name: `vt${i}`,
-        mtu: 1450,
-        master: 'br-demo',
-        up: true,
-        peer: { name: 'eth0', netns: ns, mtu: 1450, mac: taskMac(i) },
-      });
-      addrAdd(rt, 'eth0', `${taskIp(i)}/24`);
-      linkSet(rt, 'eth0', { up: true });
-      tasks.push({ ns, rt, name });
-      say(
-        `   ${host.name}: br-demo + vx-001000 (VNI ${VNI}, local ${host.addr}), task ${name} at ${taskIp(i)}`,
+    for (const h of net.hosts) {
+      procs.set(
+        h,
+        h.spawn(
+          process.execPath,
+          [
+            meshd,
+            '--node-name',
+            `h${h.index}`,
+            '--advertise-addr',
+            h.addr,
+            '--listen-addr',
+            `${h.addr}:2377`,
+            '--data-dir',
+            join(dir, `data${h.index}`),
+            '--socket',
+            sock(h),
+            '--netns-prefix',
+            `${h.name}-`,
+          ],
+          { stdio: 'ignore' },
+        ),
       );
     }
-    // What the network tables will carry: for every remote task, ARP + FDB on each host.
-    for (const host of net.hosts) {
-      for (const peer of net.hosts) {
-        if (peer === host) continue;
-        neighAdd(host.rt, { dev: 'vx-001000', ip: taskIp(peer.index), mac: taskMac(peer.index) });
-        fdbAdd(host.rt, { dev: 'vx-001000', mac: taskMac(peer.index), dst: peer.addr });
+    const [h1, h2, h3] = net.hosts as [TestHost, TestHost, TestHost];
+    await until('meshd to start', () =>
+      net.hosts.every(
+        (h) => spawnSync(process.execPath, [meshctl, '--host', sock(h), 'version']).status === 0,
+      ),
+    );
+    say('\n== a cluster: init on h1, h2 and h3 join as managers with a token');
+    show(h1, 'cluster', 'init');
+    const token = ctl(h1, 'cluster', 'join-token', 'manager', '-q').trim();
+    for (const h of [h2, h3]) show(h, 'cluster', 'join', '--token', token, `${h1.addr}:2377`);
+    show(h2, 'node', 'ls');
+
+    say('\n== an attachable overlay network, and a task on every host');
+    show(h1, 'net', 'create', '--attachable', 'web');
+    for (const h of net.hosts) {
+      const name = `web${h.index}`;
+      const js = `require('http').createServer((q,s)=>s.end('hello from task ${name} on node h${h.index}\\n')).listen(8080)`;
+      ctl(h, 'run', '-d', '--name', name, '--network', 'web', '--', process.execPath, '-e', js);
+    }
+    const tasks = net.hosts.map((h) => (JSON.parse(ctl(h, 'ps', '--json')) as TaskView[])[0]!);
+    show(h1, 'net', 'inspect', 'web');
+
+    say('\n== every task requests every other, across hosts, over VXLAN (udp/4789)');
+    let answered = 0;
+    for (const [i, a] of tasks.entries()) {
+      for (const [j, b] of tasks.entries()) {
+        if (i === j) continue;
+        const ip = b.networks[0]!.address.split('/')[0]!;
+        let body = '';
+        await until(`${a.name} to reach ${ip}`, () => (body = get(a, `http://${ip}:8080/`)) !== '');
+        say(`${a.name} (h${i + 1}) -> http://${ip}:8080  ${body}`);
+        answered++;
       }
     }
-    say('== programmed on host 1 (read back with iproute2):');
-    const h1 = net.hosts[0]!;
-    say(h1.run('ip', ['-d', 'link', 'show', 'vx-001000']).trimEnd().replace(/^/gm, '   '));
-    say(h1.run('ip', ['neigh', 'show', 'dev', 'vx-001000']).trimEnd().replace(/^/gm, '   '));
-    say(h1.run('bridge', ['fdb', 'show', 'dev', 'vx-001000']).trimEnd().replace(/^/gm, '   '));
-    say('== tasks reach each other across hosts over VXLAN:');
-    let failures = 0;
-    for (const from of net.hosts) {
-      for (const to of net.hosts) {
-        if (to === from) continue;
-        const r = spawnSync(
-          'ip',
-          [
-            'netns',
-            'exec',
-            `${net.prefix}-t${from.index}`,
-            'ping',
-            '-c',
-            '1',
-            '-W',
-            '2',
-            taskIp(to.index),
-          ],
-          { encoding: 'utf8' },
-        );
-        const rtt = /time=([\d.]+) ms/.exec(r.stdout)?.[1];
-        say(
-          `   task ${taskIp(from.index)} (host ${from.index}) -> ${taskIp(to.index)} (host ${to.index}): ${r.status === 0 ? `reply in ${rtt} ms` : 'NO REPLY'}`,
-        );
-        if (r.status !== 0) failures++;
-      }
+    say(`== all ${answered} paths answered`);
+
+    say('\n== what meshd programmed on h1 (iproute2 reads it back)');
+    const ovns = `${h1.name}-mesh-ov-4097`;
+    for (const args of [
+      ['-n', ovns, '-d', 'link', 'show', 'vx-4097'],
+      ['-n', ovns, 'neigh', 'show', 'dev', 'vx-4097'],
+    ]) {
+      say(`$ ip ${args.join(' ')}`);
+      process.stdout.write(spawnSync('ip', args, { encoding: 'utf8' }).stdout);
     }
-    say(failures === 0 ? '== all 6 paths answered' : `== ${failures} of 6 paths failed`);
-    return failures === 0 ? 0 : 1;
+    say(`$ bridge -n ${ovns} fdb show dev vx-4097`);
+    process.stdout.write(
+      spawnSync('bridge', ['-n', ovns, 'fdb', 'show', 'dev', 'vx-4097'], { encoding: 'utf8' })
+        .stdout,
+    );
+
+    say('\n== kill -9 the meshd of h3: the data path keeps working without it');
+    procs.get(h3)!.kill('SIGKILL');
+    await new Promise((r) => setTimeout(r, 300));
+    const ip3 = tasks[2]!.networks[0]!.address.split('/')[0]!;
+    say(`web1 (h1) -> http://${ip3}:8080  ${get(tasks[0]!, `http://${ip3}:8080/`) || 'NO ANSWER'}`);
+    return 0;
   } finally {
-    for (const t of tasks) {
-      t.rt.close();
-      t.ns.close();
+    for (const p of procs.values()) p.kill('SIGKILL');
+    // Task processes run in their own sessions (they outlive meshd by design): stop them too.
+    for (const ns of netnsList().filter((n) => n.startsWith(`mesh-demo-${process.pid}`))) {
+      spawnSync('ip', ['netns', 'pids', ns], { encoding: 'utf8' })
+        .stdout.split('\n')
+        .filter(Boolean)
+        .forEach((pid) => {
+          try {
+            process.kill(Number(pid), 'SIGKILL');
+          } catch {
+            // gone
+          }
+        });
     }
     net.destroy();
-    const left = execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' })
-      .split('\n')
-      .filter((l) => l.startsWith(net.prefix));
+    rmSync(dir, { recursive: true, force: true });
+    const left = netnsList().filter((n) => n.startsWith(`mesh-demo-${process.pid}`));
     say(
       left.length === 0
-        ? '== cleaned up: no namespace left behind'
-        : `== left behind: ${left.join(', ')}`,
+        ? '\n== cleaned up: no namespace left behind'
+        : `\n== clean-up left ${left.join(', ')}`,
     );
   }
 }
 
-process.exitCode = main();
+process.exitCode = await main();
