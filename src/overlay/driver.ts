@@ -153,7 +153,7 @@ interface NetState {
   rt: NetlinkSocket;
   /** Known once ensureNetwork has run (adopt alone knows only what the kernel holds). */
   spec?: NetworkSpec;
-  /** Desired remote endpoints as given to setPeers (or read back by adopt). */
+  /** Remote endpoints as last programmed by setPeers (or read back by adopt). */
   peers: Peer[];
   attachments: Map<string, AttachRecord>;
 }
