@@ -20,9 +20,12 @@ t.test('demo', async (t) => {
   t.match(r.stdout, /joined cluster \w+ as a manager/);
   t.match(r.stdout, /h3 +ready +active +reachable/);
   t.match(r.stdout, /== all 6 paths answered/);
-  t.match(r.stdout, /web1 \(h1\) -> http:\/\/10\.0\.1\.3:8080  hello from task web2 on node h2/);
+  t.match(r.stdout, /web1 \(h1\) -> http:\/\/10\.0\.1\.3:8080 {2}hello from task web2 on node h2/);
   t.match(r.stdout, /vxlan id 4097 local 198\.18\.0\.1 .*dstport 4789 nolearning proxy/);
   t.match(r.stdout, /10\.0\.1\.3 lladdr 02:42:0a:00:01:03 PERMANENT/);
-  t.match(r.stdout, /kill -9 the meshd of h3[^\n]*\nweb1 \(h1\) -> http:\/\/10\.0\.1\.4:8080  hello from task web3/);
+  t.match(
+    r.stdout,
+    /kill -9 the meshd of h3[^\n]*\nweb1 \(h1\) -> http:\/\/10\.0\.1\.4:8080 {2}hello from task web3/,
+  );
   t.match(r.stdout, /== cleaned up: no namespace left behind/);
 });
