@@ -16,7 +16,15 @@
 // MESH_FAULTS_KINDS=kill,crash-all limits the kinds of fault.
 import t from 'tap';
 import { spawnSync, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
+import {
+  closeSync,
+  existsSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -34,7 +42,7 @@ import {
   type Cluster,
   type FaultKind,
 } from '../lib/faults.js';
-import { checkHistory, kvModel } from '../lib/linearizability.js';
+import { checkHistory, kvModel, type KvOp } from '../lib/linearizability.js';
 import { TestNet, testnet, type TestHost } from '../lib/testnet.js';
 
 if (process.getuid?.() !== 0) {
@@ -320,13 +328,15 @@ for (const size of [3, 5]) {
       const faults = new NetFaults(net.hosts);
       const m = new Managers(net.hosts, dir);
       const log: string[] = [];
+      const recorded: { history: KvOp[] } = { history: [] };
       t.teardown(async () => {
         faults.destroy();
         for (const p of m.procs) await p.kill9();
         // Kept when anything failed, with the schedule played and the logs' tails.
         if (t.passing()) rmSync(dir, { recursive: true, force: true });
         else {
-          console.error(`raft-faults: data dirs and logs kept in ${dir}`);
+          writeFileSync(join(dir, 'history.json'), JSON.stringify(recorded.history));
+          console.error(`raft-faults: data dirs, logs and history.json kept in ${dir}`);
           console.error(`schedule played:\n${log.join('\n')}\n${m.logTail()}`);
         }
       });
@@ -353,6 +363,7 @@ for (const size of [3, 5]) {
         keys: ['k1', 'k2', 'k3', 'k4'],
         thinkMs: 10,
       });
+      recorded.history = pool.history;
       const cluster: Cluster = {
         net: faults,
         procs: m.procs,
@@ -385,7 +396,13 @@ for (const size of [3, 5]) {
         stuck = (e as Error).message;
       }
       const h = historyStats(pool.history);
-      const check = checkHistory(kvModel, pool.history, { timeoutMs: long ? 120_000 : 20_000 });
+      // Pending operations make the search costly (each may apply anywhere after its call or
+      // never); a long run's history of ~15,000 operations with ~500 pending needs more than
+      // the default 5 million steps.
+      const check = checkHistory(kvModel, pool.history, {
+        maxSteps: long ? 500_000_000 : 50_000_000,
+        timeoutMs: long ? 600_000 : 30_000,
+      });
       const lost = lostWrites(pool.history, finals);
       const crashed = m.procs.flatMap((p) => p.unexpectedExits);
 
