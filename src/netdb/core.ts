@@ -413,7 +413,7 @@ export class NetdbCore {
     this.advance(now);
     const t = this.writable('create entry', table, netId, key, value);
     const e = t.get(key);
-    if (e && !e.deleting) {
+    if (e && this.visible(e)) {
       throw new MeshError(
         'ECONFLICT',
         `create entry ${table}/${netId}/${key}: it exists (owned by ${e.owner}); update it instead`,
