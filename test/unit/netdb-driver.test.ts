@@ -24,7 +24,13 @@ const view = (db: NetworkDB, net: string) =>
 
 t.test('three gossip nodes on loopback exchange entries', async (t) => {
   const mk = (name: string) =>
-    Memberlist.create({ name, bindAddr: '127.0.0.1', port: 0, config: LOCAL_CONFIG });
+    Memberlist.create({
+      name,
+      bindAddr: '127.0.0.1',
+      port: 0,
+      // Fast failure detection (a dead node declared within about a second).
+      config: { ...LOCAL_CONFIG, probeInterval: 300, probeTimeout: 200, suspicionMult: 2 },
+    });
   const [a, b, c] = await Promise.all([mk('a'), mk('b'), mk('c')]);
   const cfg = { gossipIntervalMs: 50 };
   // a attaches before anyone joins (learns members from events), b and c after (from members()).
@@ -59,9 +65,14 @@ t.test('three gossip nodes on loopback exchange entries', async (t) => {
   );
   await until('net2 entry on b', () => view(dbB, 'net2').length === 1);
   t.same(view(dbC, 'net2'), [], 'c is not in net2 and holds none of it');
-  await until('net2 peers known', () => dbA.peers('net2').join() === 'a,b');
-  t.same(dbA.peers('net1'), ['a', 'b', 'c'], 'net1 peers');
-  t.same(dbC.peers('net2'), ['a', 'b'], 'c knows who is in net2');
+  await until('net2 peers known everywhere', () =>
+    [dbA, dbB, dbC].every((db) => db.peers('net2').join() === 'a,b'),
+  );
+  t.pass('c knows who is in net2 without being in it');
+  await until('net1 peers known everywhere', () =>
+    [dbA, dbB, dbC].every((db) => db.peers('net1').join() === 'a,b,c'),
+  );
+  t.pass('net1 peers: a, b, c');
 
   dbA.updateEntry('endpoints', 'net1', 'ep-a', enc.encode('v2'));
   dbB.deleteEntry('endpoints', 'net1', 'ep-b');
@@ -77,6 +88,13 @@ t.test('three gossip nodes on loopback exchange entries', async (t) => {
   );
   t.equal(dbC.counters().badMessages, 0, 'the foreign user message was not taken for ours');
   t.ok(dbC.counters().messagesReceived > 0, 'c received netdb messages');
+  const bulk = [dbA, dbB, dbC].reduce((n, db) => n + db.counters().bulkSyncsReceived, 0);
+  t.ok(bulk > 0, `bulk syncs went over the reliable path (${bulk} received)`);
+  t.equal(
+    dbA.counters().sendsRefused + dbA.counters().coreErrors,
+    0,
+    'no refused sends or core errors',
+  );
 
   // b leaves the cluster gracefully: its entries (ep-b2) disappear from a and c.
   dbB.createEntry('endpoints', 'net1', 'ep-b2', enc.encode('y'));
@@ -87,4 +105,19 @@ t.test('three gossip nodes on loopback exchange entries', async (t) => {
   );
   t.ok(dbA.counters().tombstones >= 1, 'as tombstones');
   t.same(dbA.peers('net1'), ['a', 'c'], 'b no longer a peer');
+
+  // c dies without a word: once gossip declares it dead, a hides (does not delete) its entry.
+  dbC.createEntry('endpoints', 'net1', 'ep-c', enc.encode('z'));
+  await until('ep-c on a', () => view(dbA, 'net1').length === 2);
+  const tombs = dbA.counters().tombstones;
+  dbC.close();
+  await c.shutdown();
+  await until(
+    'c declared dead and its entry hidden on a',
+    () => dbA.counters().hidden === 1,
+    15_000,
+  );
+  t.same(view(dbA, 'net1'), ['ep-a=v2@a'], 'readers no longer see ep-c');
+  t.same(dbA.peers('net1'), ['a'], 'c no longer a peer');
+  t.equal(dbA.counters().tombstones, tombs, 'hidden, not deleted (no new tombstone)');
 });
