@@ -95,7 +95,7 @@ t.test(
     lbHost.run('sysctl', ['-qw', 'net.ipv4.ip_forward=1']);
     lbHost.run('sysctl', ['-qw', 'net.ipv4.conf.all.send_redirects=0']);
     lbHost.run('sysctl', ['-qw', 'net.ipv4.conf.eth0.send_redirects=0']);
-    client.run('ip', ['route', 'add', '10.0.9.10/32', 'via', lbHost.addr]);
+    client.run('ip', ['route', 'add', '10.0.9.0/24', 'via', lbHost.addr]);
     const names: string[] = [];
     for (const [i, b] of backs.entries()) {
       const name = `b${i + 1}`;
@@ -255,6 +255,20 @@ t.test(
       normalizeServices([vip, ingress]),
       'read() round-trips VIP and ingress services',
     );
+
+    // Source hashing: one client address always lands on the same backend.
+    const sticky: LbService = {
+      ...vip,
+      key: 'vip:net1:sticky',
+      fwmark: 258,
+      vip: '10.0.9.11',
+      scheduler: 'sh',
+    };
+    t.ok((await lb.apply([vip, ingress, sticky])).changes > 0, 'adding an sh service is a change');
+    const sh = requests(client, '10.0.9.11', 80, 20);
+    t.equal(Object.keys(sh).length, 1, `sh sends one client to one backend: ${JSON.stringify(sh)}`);
+    t.notOk(sh['fail'], 'and answers every request');
+    t.ok((await lb.apply([vip, ingress])).changes > 0, 'removing it is a change');
 
     // Drift: rules and elements deleted by hand are noticed and repaired.
     const listing = nft(lbHost, '-a', 'list', 'table', 'ip', NFT_TABLE).out;
