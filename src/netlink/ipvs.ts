@@ -109,6 +109,8 @@ export const IP_VS_CONN_F_DROUTE = 3;
 
 // Service flags (IP_VS_SVC_F_*).
 export const IP_VS_SVC_F_PERSISTENT = 0x0001;
+/** Set by the kernel on every service it has hashed (i.e. every live one); not a user flag. */
+export const IP_VS_SVC_F_HASHED = 0x0002;
 export const IP_VS_SVC_F_ONEPACKET = 0x0004;
 export const IP_VS_SVC_F_SCHED1 = 0x0008;
 export const IP_VS_SVC_F_SCHED2 = 0x0010;
@@ -419,8 +421,8 @@ function addrOf(raw: Buffer | undefined, af: number): string {
 const protoName = (p: number): IpvsProtocol =>
   p === IPPROTO_UDP ? 'udp' : p === IPPROTO_SCTP ? 'sctp' : 'tcp';
 
-/** Decode the IPVS_CMD_ATTR_SERVICE nest of a service message (genl payload). */
-export function decodeService(payload: Buffer): IpvsServiceInfo {
+/** Decode the IPVS_CMD_ATTR_SERVICE nest of a service message (genl payload); without `withStats` the counters are left 0 (cheaper). */
+export function decodeService(payload: Buffer, withStats = true): IpvsServiceInfo {
   const s = genlAttrs(payload).nested(IPVS_CMD_ATTR_SERVICE);
   if (!s) throw new MeshError('ENLDECODE', 'decode ipvs service: no IPVS_CMD_ATTR_SERVICE');
   const afn = s.u16(IPVS_SVC_ATTR_AF) ?? AF_INET;
@@ -432,7 +434,9 @@ export function decodeService(payload: Buffer): IpvsServiceInfo {
     flags: flags && flags.length >= 4 ? flags.readUInt32LE(0) : 0,
     timeout: s.u32(IPVS_SVC_ATTR_TIMEOUT) ?? 0,
     netmask: s.u32(IPVS_SVC_ATTR_NETMASK) ?? 0,
-    stats: decodeStats(s.nested(IPVS_SVC_ATTR_STATS64) ?? s.nested(IPVS_SVC_ATTR_STATS)),
+    stats: withStats
+      ? decodeStats(s.nested(IPVS_SVC_ATTR_STATS64) ?? s.nested(IPVS_SVC_ATTR_STATS))
+      : decodeStats(undefined),
   };
   const pe = s.str(IPVS_SVC_ATTR_PE_NAME);
   const fwmark = s.u32(IPVS_SVC_ATTR_FWMARK);
@@ -450,7 +454,11 @@ export function decodeService(payload: Buffer): IpvsServiceInfo {
 }
 
 /** Decode the IPVS_CMD_ATTR_DEST nest of a destination message; `svcAf` when the kernel omits ADDR_FAMILY. */
-export function decodeDest(payload: Buffer, svcAf: 'inet' | 'inet6' = 'inet'): IpvsDestInfo {
+export function decodeDest(
+  payload: Buffer,
+  svcAf: 'inet' | 'inet6' = 'inet',
+  withStats = true,
+): IpvsDestInfo {
   const d = genlAttrs(payload).nested(IPVS_CMD_ATTR_DEST);
   if (!d) throw new MeshError('ENLDECODE', 'decode ipvs destination: no IPVS_CMD_ATTR_DEST');
   const afn = d.u16(IPVS_DEST_ATTR_ADDR_FAMILY) ?? afCode(svcAf);
@@ -465,7 +473,9 @@ export function decodeDest(payload: Buffer, svcAf: 'inet' | 'inet6' = 'inet'): I
     activeConns: d.u32(IPVS_DEST_ATTR_ACTIVE_CONNS) ?? 0,
     inactiveConns: d.u32(IPVS_DEST_ATTR_INACT_CONNS) ?? 0,
     persistConns: d.u32(IPVS_DEST_ATTR_PERSIST_CONNS) ?? 0,
-    stats: decodeStats(d.nested(IPVS_DEST_ATTR_STATS64) ?? d.nested(IPVS_DEST_ATTR_STATS)),
+    stats: withStats
+      ? decodeStats(d.nested(IPVS_DEST_ATTR_STATS64) ?? d.nested(IPVS_DEST_ATTR_STATS))
+      : decodeStats(undefined),
   };
 }
 
@@ -495,7 +505,7 @@ function ipvsHint(kind: 'service' | 'dest' | 'config', op: string) {
           : 'the service already exists; use set to change it';
       case 22: // EINVAL
         return kind === 'dest'
-          ? 'refused destination: in a fresh namespace bring lo up first (ip link set lo up); mixed address families need tunnel forwarding'
+          ? 'refused destination: check the address is unicast (in a fresh namespace bring lo up first: ip link set lo up); mixed address families need tunnel forwarding'
           : 'refused by the kernel: check the attributes (full service entry, address family)';
       case 97: // EAFNOSUPPORT
         return 'the kernel was built without IPv6 IPVS support';
@@ -633,15 +643,18 @@ export class Ipvs {
     this.sock.request(delDestMsg(this.id, id, d), destDesc('del', id, d));
   }
 
-  /** Every service of the namespace with its statistics. Equivalent to: `ipvsadm -Ln --stats`. */
-  services(): IpvsServiceInfo[] {
+  /**
+   * Every service of the namespace, with statistics unless `stats: false` (a reconcile does not
+   * need them and decodes faster without). Equivalent to: `ipvsadm -Ln --stats`.
+   */
+  services(opts: { stats?: boolean } = {}): IpvsServiceInfo[] {
     const parts = this.sock.dump(getServicesMsg(this.id), {
       op: 'dump',
       object: 'ipvs services',
     });
     return parts
       .filter((m) => genlCmd(m.payload) === IPVS_CMD_NEW_SERVICE)
-      .map((m) => decodeService(m.payload));
+      .map((m) => decodeService(m.payload, opts.stats ?? true));
   }
 
   /** One service, or undefined if absent. Equivalent to: `ipvsadm -Ln -f MARK`. */
@@ -659,15 +672,15 @@ export class Ipvs {
     }
   }
 
-  /** Destinations of one service with connection counts and statistics. */
-  dests(id: IpvsServiceId): IpvsDestInfo[] {
+  /** Destinations of one service with connection counts, and statistics unless `stats: false`. */
+  dests(id: IpvsServiceId, opts: { stats?: boolean } = {}): IpvsDestInfo[] {
     const parts = this.sock.dump(getDestsMsg(this.id, id), {
       op: 'dump',
       object: `destinations of ${describeService(id)}`,
     });
     return parts
       .filter((m) => genlCmd(m.payload) === IPVS_CMD_NEW_DEST)
-      .map((m) => decodeDest(m.payload, id.af ?? 'inet'));
+      .map((m) => decodeDest(m.payload, id.af ?? 'inet', opts.stats ?? true));
   }
 
   /** Equivalent to: `ipvsadm -L --timeout`. */

@@ -1,10 +1,11 @@
-// IPVS generic-netlink codecs, byte-exact, with no kernel involved. The expected bytes were
+// IPVS generic-netlink codecs, byte-exact, and the IPVS reconcile planner, with no kernel involved. The expected bytes were
 // written by hand from include/uapi/linux/ip_vs.h and ip_vs_ctl.c's policies: nlmsghdr (16),
 // genlmsghdr {cmd, version 1, 0, 0}, nested IPVS_CMD_ATTR_SERVICE/DEST (NLA_F_NESTED set),
 // ports in network order inside an NLA_U16, struct ip_vs_flags {flags, mask}.
 import t from 'tap';
 import {
   decodeConfig,
+  decodeStats,
   decodeDest,
   decodeService,
   delDestMsg,
@@ -18,6 +19,15 @@ import {
   setDestMsg,
   setServiceMsg,
 } from '../../src/netlink/ipvs.js';
+import {
+  ipvsadmRestoreText,
+  markRulesScript,
+  planIpvs,
+  wantedServices,
+  wantedTimeouts,
+  type IpvsCurrent,
+} from '../../src/lb/ipvs.js';
+import type { LbService } from '../../src/lb/types.js';
 import { MeshError } from '../../src/util/errors.js';
 
 const FAM = 0x22; // a dynamic genl family id, as the kernel would hand out
@@ -295,4 +305,201 @@ t.test('decode an address/port service and a destination', async (t) => {
     { tcp: 900, tcpFin: 120, udp: 300 },
   );
   t.throws(() => decodeService(bytes('01010000')), MeshError, 'no service nest');
+});
+
+// The reconcile planner of src/lb/ipvs.ts: pure, so its diff is checked here without a kernel.
+const stats0 = decodeStats(undefined);
+function current(
+  fwmark: number,
+  sched: string,
+  dests: Array<[string, number, number]>,
+  flags = 2,
+): IpvsCurrent {
+  return {
+    svc: {
+      af: 'inet',
+      fwmark,
+      scheduler: sched,
+      flags,
+      timeout: 0,
+      netmask: 0xffffffff,
+      stats: stats0,
+    },
+    dests: dests.map(([addr, port, weight]) => ({
+      addr,
+      port,
+      af: 'inet' as const,
+      forward: 'masq' as const,
+      weight,
+      upperThreshold: 0,
+      lowerThreshold: 0,
+      activeConns: 0,
+      inactiveConns: 0,
+      persistConns: 0,
+      stats: stats0,
+    })),
+  };
+}
+function lbService(
+  fwmark: number,
+  backends: Array<[string, LbService['backends'][number]['state']]>,
+): LbService {
+  return {
+    key: `vip:n:${fwmark}`,
+    fwmark,
+    protocol: 'tcp',
+    vip: '10.9.0.1',
+    port: 80,
+    targetPort: 8080,
+    scheduler: 'rr',
+    backends: backends.map(([ip, state]) => ({ ip, port: 8080, weight: 2, state })),
+  };
+}
+const range = { min: 256, max: 0xffffffff };
+const kinds = (ops: Array<{ kind: string }>): string[] => ops.map((o) => o.kind);
+
+t.test('planner: empty kernel -> service first, then its destinations', async (t) => {
+  const want = wantedServices(
+    [
+      lbService(256, [
+        ['10.1.0.1', 'active'],
+        ['10.1.0.2', 'draining'],
+        ['10.1.0.3', 'unhealthy'],
+      ]),
+    ],
+    range,
+  );
+  const ops = planIpvs(want, [], 'masq', { want: {} });
+  t.same(kinds(ops), ['newService', 'newDest', 'newDest']);
+  t.match(ops[0], { svc: { af: 'inet', fwmark: 256, scheduler: 'rr', flags: 0, timeout: 0 } });
+  t.match(ops[1], { dest: { addr: '10.1.0.1', port: 8080, weight: 2, forward: 'masq' } });
+  t.match(ops[2], { dest: { addr: '10.1.0.2', weight: 0 } }, 'draining = weight 0');
+});
+
+t.test('planner: a matching kernel (HASHED flag set by the kernel) needs nothing', async (t) => {
+  const want = wantedServices(
+    [
+      lbService(256, [
+        ['10.1.0.1', 'active'],
+        ['10.1.0.2', 'draining'],
+      ]),
+    ],
+    range,
+  );
+  const cur = [
+    current(256, 'rr', [
+      ['10.1.0.1', 8080, 2],
+      ['10.1.0.2', 8080, 0],
+    ]),
+  ];
+  t.same(planIpvs(want, cur, 'masq', { want: {} }), []);
+});
+
+t.test('planner: drift in every direction, in a kernel-valid order', async (t) => {
+  const want = wantedServices(
+    [
+      {
+        ...lbService(256, [
+          ['10.1.0.1', 'active'],
+          ['10.1.0.2', 'active'],
+        ]),
+        scheduler: 'wrr',
+      },
+      lbService(300, [['10.2.0.1', 'active']]),
+    ],
+    range,
+  );
+  const cur = [
+    current(256, 'rr', [
+      ['10.1.0.1', 8080, 5],
+      ['10.1.0.9', 8080, 1],
+    ]),
+    current(257, 'rr', [['10.3.0.1', 8080, 1]]),
+  ];
+  const ops = planIpvs(want, cur, 'masq', {
+    want: { tcp: 600 },
+    have: { tcp: 900, tcpFin: 120, udp: 300 },
+  });
+  t.same(kinds(ops), [
+    'setConfig',
+    'delService',
+    'delDest',
+    'newService',
+    'setService',
+    'setDest',
+    'newDest',
+    'newDest',
+  ]);
+  t.match(ops[0], { timeouts: { tcp: 600 } });
+  t.notOk('udp' in (ops[0] as { timeouts: object }).timeouts, 'only the changed timeout');
+  t.match(ops[1], { svc: { fwmark: 257 } });
+  t.match(ops[2], { svc: { fwmark: 256 }, dest: { addr: '10.1.0.9' } });
+  t.match(ops[3], { svc: { fwmark: 300 } });
+  t.match(ops[4], { svc: { fwmark: 256, scheduler: 'wrr' } });
+  t.match(ops[5], { dest: { addr: '10.1.0.1', weight: 2 } });
+  t.same(
+    new Set(ops.slice(6).map((o) => (o as { dest: { addr: string } }).dest.addr)),
+    new Set(['10.1.0.2', '10.2.0.1']),
+  );
+});
+
+t.test('planner input checks and namespace-wide timeouts', async (t) => {
+  t.throws(() => wantedServices([lbService(255, [])], range), /outside our range/);
+  t.throws(() => wantedServices([lbService(256, []), lbService(256, [])], range), /used twice/);
+  t.throws(
+    () => wantedServices([{ ...lbService(256, []), scheduler: 'wlc' as 'rr' }], range),
+    /unknown scheduler/,
+  );
+  t.throws(
+    () =>
+      wantedServices(
+        [
+          lbService(256, [
+            ['10.0.0.1', 'active'],
+            ['10.0.0.1', 'active'],
+          ]),
+        ],
+        range,
+      ),
+    /listed twice/,
+  );
+  t.throws(
+    () =>
+      wantedServices(
+        [
+          lbService(256, [
+            ['10.0.0.1', 'active'],
+            ['fd00::1', 'active'],
+          ]),
+        ],
+        range,
+      ),
+    /mix IPv4 and IPv6/,
+  );
+  t.same(
+    wantedTimeouts([
+      { ...lbService(256, []), timeouts: { tcp: 300 } },
+      { ...lbService(257, []), timeouts: { tcp: 600, udp: 30 } },
+      lbService(258, []),
+    ]),
+    { tcp: 600, udp: 30 },
+    'the largest requested value per kind',
+  );
+  t.match(
+    markRulesScript([
+      { fwmark: 256, protocol: 'tcp', vip: '10.9.0.1', port: 80 },
+      { fwmark: 0x1ff, protocol: 'udp', port: 30001 },
+    ]),
+    /ip daddr 10\.9\.0\.1 tcp dport 80 meta mark set 0x100\n {4}fib daddr type local udp dport 30001 meta mark set 0x1ff/,
+  );
+  t.equal(
+    ipvsadmRestoreText([
+      lbService(256, [
+        ['10.1.0.1', 'active'],
+        ['10.1.0.2', 'draining'],
+        ['10.1.0.3', 'unhealthy'],
+      ]),
+    ]),
+    '-A -f 256 -s rr\n-a -f 256 -r 10.1.0.1:8080 -m -w 2\n-a -f 256 -r 10.1.0.2:8080 -m -w 0\n',
+  );
 });
