@@ -452,7 +452,7 @@ export class RaftNode {
   private async handleReady(rd: Ready): Promise<void> {
     this.counters.readies++;
     if (rd.softState) this.onSoftState(rd.softState.lead, rd.softState.role);
-    if (rd.messages.length > 0) this.transport.send(rd.messages);
+    if (rd.messages.length > 0) this.send(rd.messages);
     if (rd.snapshot !== undefined && rd.snapshot.metadata.index > this.applied) {
       // Persist first: a restored state machine must never be ahead of the durable log.
       await this.storage.save(rd);
@@ -461,7 +461,7 @@ export class RaftNode {
       if (rd.mustSync) this.counters.fsyncs++;
       await this.storage.save(rd);
     }
-    if (rd.persistedMessages.length > 0) this.transport.send(rd.persistedMessages);
+    if (rd.persistedMessages.length > 0) this.send(rd.persistedMessages);
     for (const rs of rd.readStates) {
       const ctx = Buffer.from(rs.requestCtx).toString();
       const waiters = this.reads.get(ctx);
@@ -473,6 +473,17 @@ export class RaftNode {
     this.rn.advance(rd);
     this.releaseReads();
     await this.maybeSnapshot();
+  }
+
+  /** Messages the core addresses to this node (e.g. a read answered while it just became
+   * leader) are stepped locally; the transport refuses self-addressed frames. */
+  private send(msgs: Message[]): void {
+    let remote = msgs;
+    if (msgs.some((m) => m.to === this.id)) {
+      remote = msgs.filter((m) => m.to !== this.id);
+      for (const m of msgs) if (m.to === this.id) this.queued.push(m);
+    }
+    if (remote.length > 0) this.transport.send(remote);
   }
 
   private onSoftState(lead: number, role: StateRole): void {
