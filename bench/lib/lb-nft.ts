@@ -18,10 +18,14 @@ export interface LbNftResult {
   ours_ms: number;
   /** `nft -f` of the same ruleset text into an empty namespace. */
   nft_ms: number;
-  /** apply() again with nothing changed: list, parse and compare. */
+  /** apply() again with nothing changed, generation unchanged: compare with what we wrote. */
   noop_ms: number;
-  /** apply() with one backend added to one service. */
+  /** The same after forget(): list the table, parse and compare (a full resync). */
+  noop_full_ms: number;
+  /** apply() with one backend added to one service (generation unchanged: no listing). */
   add_one_ms: number;
+  /** The same after forget(). */
+  add_one_full_ms: number;
   rules_bytes: number;
 }
 
@@ -74,11 +78,23 @@ export async function benchLbNft(
     if (noop.changes !== 0)
       throw new Error(`bench lb-nft: no-op apply made ${noop.changes} changes`);
 
+    lb.forget();
+    t0 = performance.now();
+    const noopFull = await lb.apply(desired);
+    const noopFullMs = performance.now() - t0;
+    if (noopFull.changes !== 0)
+      throw new Error(`bench lb-nft: full no-op made ${noopFull.changes} changes`);
+
     desired[0]!.backends.push({ ip: '10.127.0.1', port: 8080, weight: 1, state: 'active' });
     t0 = performance.now();
     await lb.apply(desired);
     const addOne = performance.now() - t0;
-    desired[0]!.backends.pop();
+    desired[0]!.backends.push({ ip: '10.127.0.2', port: 8080, weight: 1, state: 'active' });
+    lb.forget();
+    t0 = performance.now();
+    await lb.apply(desired);
+    const addOneFull = performance.now() - t0;
+    desired[0]!.backends.splice(-2, 2);
 
     await lb.flush();
     const text = renderTable(planServices(normalizeServices(desired)));
@@ -94,7 +110,9 @@ export async function benchLbNft(
       ours_ms: Math.round(ours),
       nft_ms: Math.round(nftMs),
       noop_ms: Math.round(noopMs),
+      noop_full_ms: Math.round(noopFullMs),
       add_one_ms: Math.round(addOne),
+      add_one_full_ms: Math.round(addOneFull),
       rules_bytes: text.length,
     };
   } finally {

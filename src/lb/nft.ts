@@ -23,13 +23,20 @@
  * (the kernel applies a batch atomically or not at all). A table that is missing or whose
  * skeleton is wrong is rebuilt whole, in the same single transaction.
  *
- * May import: node built-ins, netlink/netns, util/, ./types.
+ * Reading the table back costs about as much as writing it (≈2 s for 1,000 services × 10
+ * backends), so apply() skips the read when the namespace's nftables generation (NFT_MSG_GETGEN,
+ * bumped by every committed transaction, anyone's) is still the one our last commit produced:
+ * the kernel then holds exactly what we wrote. A hand edit is a commit, so it forces a read.
+ *
+ * May import: node built-ins, netlink/ (netns, socket, nl), util/, ./types.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { isIPv4 } from 'node:net';
 import { netnsOpen, withNetns, type Netns } from '../netlink/netns.js';
+import { NETLINK_NETFILTER, NLM_F_REQUEST } from '../netlink/nl.js';
+import { NetlinkSocket } from '../netlink/socket.js';
 import { MeshError, UsageError } from '../util/errors.js';
 import type { Backend, BackendStats, LbBackend, LbService, Scheduler } from './types.js';
 
@@ -40,6 +47,10 @@ const T = `ip ${NFT_TABLE}`;
 const COMMENT_MAX = 128;
 /** Fixed seed for sh/mh, so a client keeps its backend across rebuilds of the chain. */
 const JHASH_SEED = 0x4d455348;
+/** include/uapi/linux/netfilter/nfnetlink.h, nf_tables.h */
+const NFNL_SUBSYS_NFTABLES = 10;
+const NFT_MSG_GETGEN = 16;
+const NFTA_GEN_ID = 1;
 const SCHEDULERS: readonly Scheduler[] = ['rr', 'wrr', 'lc', 'sh', 'mh'];
 
 export interface NftBackendOptions {
@@ -494,6 +505,8 @@ type J = Record<string, unknown>;
 
 interface KChain {
   name: string;
+  /** Set when the chain is synthesized from a plan (planView): its canonical content. */
+  canon?: string;
   base?: { type: string; hook: string; prio: number; policy: string };
   rules: Array<{ comment?: string; expr: J[] }>;
 }
@@ -725,6 +738,37 @@ export interface Diff {
   script: string;
 }
 
+const canonOf = (c: KChain): string => c.canon ?? canonChain(c).canon;
+
+/**
+ * The kernel state a successful apply of `plan` leaves behind, in the form diff() compares;
+ * used instead of listing the table when nothing was committed since (see NftBackend.apply).
+ */
+export function planView(plan: Plan): KernelState {
+  const chains = new Map<string, KChain>();
+  for (const f of FIXED) {
+    const c: KChain = { name: f.name, rules: [], canon: fixedCanon(f) };
+    if (f.base)
+      c.base = { type: f.base.type, hook: f.base.hook, prio: f.base.prio, policy: 'accept' };
+    chains.set(f.name, c);
+  }
+  const maps: KernelState['maps'] = new Map();
+  for (const m of ['services', 'ingress'] as const)
+    maps.set(m, { type: MAP_TYPES[m], elems: new Map() });
+  const timeouts: KernelState['timeouts'] = new Map();
+  for (const s of plan.services) {
+    chains.set(s.chain, { name: s.chain, rules: [], canon: s.canon });
+    for (const b of s.backends) chains.set(b.chain, { name: b.chain, rules: [], canon: b.canon });
+    maps.get(s.mapName)?.elems.set(s.elemKey, `goto ${s.chain}`);
+    if (s.timeoutObj)
+      timeouts.set(s.timeoutObj.name, {
+        protocol: s.timeoutObj.protocol,
+        policy: s.timeoutObj.policy,
+      });
+  }
+  return { chains, maps, marks: new Set(plan.marks), marksType: 'mark', timeouts };
+}
+
 function skeletonOk(k: KernelState): boolean {
   for (const f of FIXED) {
     const c = k.chains.get(f.name);
@@ -773,7 +817,7 @@ export function diff(plan: Plan, k: KernelState | null): Diff {
 
   for (const f of FIXED) {
     const c = k.chains.get(f.name);
-    if (c && canonChain(c).canon !== fixedCanon(f)) {
+    if (c && canonOf(c) !== fixedCanon(f)) {
       changes++;
       add.push(`flush chain ${T} ${f.name}`);
       for (const r of f.rules) add.push(ruleLine(f.name, `${r.text} comment ${quote(r.tag)}`));
@@ -839,7 +883,7 @@ export function diff(plan: Plan, k: KernelState | null): Diff {
     for (const b of s.backends) {
       wantChains.add(b.chain);
       const have = k.chains.get(b.chain);
-      if (have && canonChain(have).canon === b.canon) continue;
+      if (have && canonOf(have) === b.canon) continue;
       changes++;
       if (have) add.push(`flush chain ${T} ${b.chain}`);
       else add.push(`add chain ${T} ${b.chain}`);
@@ -850,8 +894,8 @@ export function diff(plan: Plan, k: KernelState | null): Diff {
       changes++;
       add.push(`add chain ${T} ${s.chain}`);
       for (const r of s.rules) add.push(ruleLine(s.chain, r));
-    } else if (svcChanged || canonChain(have).canon !== s.canon) {
-      if (canonChain(have).canon !== s.canon) changes++;
+    } else if (svcChanged || canonOf(have) !== s.canon) {
+      if (canonOf(have) !== s.canon) changes++;
       flush(s.chain);
       for (const r of s.rules) add.push(ruleLine(s.chain, r));
     }
@@ -1008,6 +1052,8 @@ export class NftBackend implements LbBackend {
   private readonly timeoutMs: number;
   private readonly netns: Netns | string | undefined;
   private timeoutsProbe: boolean | undefined;
+  /** What our last commit left, and the generation it produced (see the module header). */
+  private cache: { gen: number; plan: Plan } | undefined;
 
   constructor(opts: NftBackendOptions = {}) {
     this.netns = opts.netns;
@@ -1071,6 +1117,43 @@ export class NftBackend implements LbBackend {
     return this.timeoutsProbe;
   }
 
+  /** Drop what we remember of the kernel: the next apply() lists the table (full resync). */
+  forget(): void {
+    this.cache = undefined;
+  }
+
+  /** The nftables ruleset generation of our namespace, or undefined if it cannot be read. */
+  generation(): number | undefined {
+    const ns = typeof this.netns === 'string' ? netnsOpen(this.netns) : this.netns;
+    try {
+      const sock = NetlinkSocket.open(NETLINK_NETFILTER, ns ? { netns: ns } : {});
+      try {
+        // nlmsghdr + nfgenmsg (AF_UNSPEC, NFNETLINK_V0, res_id 0).
+        const msg = Buffer.alloc(20);
+        msg.writeUInt32LE(20, 0);
+        msg.writeUInt16LE((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN, 4);
+        msg.writeUInt16LE(NLM_F_REQUEST, 6);
+        for (const m of sock.request(msg, { op: 'get', object: 'nftables generation' })) {
+          const p = m.payload;
+          for (let off = 4; off + 4 <= p.length;) {
+            const len = p.readUInt16LE(off);
+            if (len < 4) break;
+            if ((p.readUInt16LE(off + 2) & 0x3fff) === NFTA_GEN_ID && len >= 8)
+              return p.readUInt32BE(off + 4);
+            off += (len + 3) & ~3;
+          }
+        }
+        return undefined;
+      } finally {
+        sock.close();
+      }
+    } catch {
+      return undefined;
+    } finally {
+      if (typeof this.netns === 'string') ns?.close();
+    }
+  }
+
   private async listJson(): Promise<string | null> {
     const r = await this.run(['-j', 'list', 'table', 'ip', NFT_TABLE]);
     if (r.code === 0) return r.stdout;
@@ -1088,9 +1171,18 @@ export class NftBackend implements LbBackend {
     const wantsTimeouts = desired.some((s) => s.timeouts !== undefined);
     const timeouts = wantsTimeouts ? await this.timeoutsSupported() : true;
     const plan = planServices(normalizeServices(desired, { timeouts }));
-    const d = diff(plan, await this.kernelState());
-    if (d.changes === 0) return { changes: 0 };
+    const g0 = this.generation();
+    const cached = g0 !== undefined && this.cache?.gen === g0 ? this.cache.plan : undefined;
+    const d = diff(plan, cached ? planView(cached) : await this.kernelState());
+    if (d.changes === 0) {
+      if (g0 !== undefined) this.cache = { gen: g0, plan };
+      return { changes: 0 };
+    }
+    this.cache = undefined;
     const r = await this.run(['-f', '-'], d.script);
+    // Exactly one commit since g0 means it was ours: remember what it left.
+    const g1 = r.code === 0 ? this.generation() : undefined;
+    if (g0 !== undefined && g1 === (g0 + 1) >>> 0) this.cache = { gen: g1, plan };
     if (r.code !== 0) {
       const msg = r.stderr.trim().split('\n').slice(0, 6).join('; ');
       throw new MeshError('ENFT', `apply nft table ${T}: ${msg || `exit ${r.code}`}`);
@@ -1127,6 +1219,7 @@ export class NftBackend implements LbBackend {
   }
 
   async flush(): Promise<void> {
+    this.cache = undefined;
     // `table …` first makes the delete a no-op when the table is already gone.
     const r = await this.run(['-f', '-'], `table ${T}\ndelete table ${T}\n`);
     if (r.code !== 0)

@@ -149,6 +149,9 @@ t.test(
     const first = await lb.apply([vip]);
     t.ok(first.changes > 0, `first apply programs the table (${first.changes} changes)`);
     t.equal((await lb.apply([vip])).changes, 0, 'the same state again: 0 changes');
+    t.type(lb.generation(), 'number', 'the nftables generation is readable');
+    lb.forget();
+    t.equal((await lb.apply([vip])).changes, 0, 'and 0 when compared with a fresh listing');
 
     const all = requests(client, '10.0.9.10', 80);
     t.notOk(all['fail'], 'every request to the VIP is answered');
@@ -269,6 +272,12 @@ t.test(
     t.equal(Object.keys(sh).length, 1, `sh sends one client to one backend: ${JSON.stringify(sh)}`);
     t.notOk(sh['fail'], 'and answers every request');
     t.ok((await lb.apply([vip, ingress])).changes > 0, 'removing it is a change');
+    lb.forget();
+    t.equal(
+      (await lb.apply([vip, ingress])).changes,
+      0,
+      'incremental applies left exactly the desired table (a fresh listing agrees)',
+    );
 
     // Drift: rules and elements deleted by hand are noticed and repaired.
     const listing = nft(lbHost, '-a', 'list', 'table', 'ip', NFT_TABLE).out;
