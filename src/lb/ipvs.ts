@@ -24,6 +24,7 @@
  * May import: netlink/, lb/types, util/, node built-ins.
  */
 import { spawn } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import {
   IP_VS_SVC_F_HASHED,
@@ -34,7 +35,7 @@ import {
   type IpvsServiceInfo,
   type IpvsTimeouts,
 } from '../netlink/ipvs.js';
-import { spawnInNetns, type Netns } from '../netlink/netns.js';
+import { spawnInNetns, withNetns, type Netns } from '../netlink/netns.js';
 import { parseIp } from '../netlink/rt.js';
 import { MeshError } from '../util/errors.js';
 import type { Backend, BackendStats, LbBackend, LbService, Scheduler } from './types.js';
@@ -53,6 +54,56 @@ export interface IpvsBackendOptions {
    * `nft -f`), one atomic nft transaction whenever they change. @default false
    */
   markRules?: boolean;
+  /** Set IPVS_SYSCTLS in the namespace on apply() where they differ (counted as changes). @default true */
+  sysctls?: boolean;
+}
+
+/**
+ * The IPVS sysctls Docker and kube-proxy set in a load-balancer namespace (per namespace,
+ * Documentation/networking/ipvs-sysctl.rst), against stale-connection black holes:
+ * - conntrack=1: keep conntrack entries for IPVS connections, so nft SNAT/masquerade and
+ *   stateful rules see the replies;
+ * - expire_nodest_conn=1: a connection whose destination was removed is dropped at its next
+ *   packet (the client gets a reset and reconnects) instead of being sent nowhere until it
+ *   times out;
+ * - expire_quiescent_template=1: persistence templates of a weight-0 destination expire, so
+ *   draining also stops persistent clients from sticking to it.
+ */
+export const IPVS_SYSCTLS: Readonly<Record<string, string>> = {
+  'net/ipv4/vs/conntrack': '1',
+  'net/ipv4/vs/expire_nodest_conn': '1',
+  'net/ipv4/vs/expire_quiescent_template': '1',
+};
+
+/**
+ * Set `values` (paths under /proc/sys) inside `netns` where they differ; returns how many were
+ * changed. /proc/sys/net is resolved in the namespace of the thread that opens it, hence the
+ * synchronous reads and writes inside withNetns. Equivalent to: `ip netns exec NS sysctl -w …`.
+ */
+export function setIpvsSysctls(
+  netns: Netns | undefined,
+  values: Readonly<Record<string, string>> = IPVS_SYSCTLS,
+): number {
+  const work = (): number => {
+    let n = 0;
+    for (const [k, v] of Object.entries(values)) {
+      const path = `/proc/sys/${k}`;
+      let cur: string;
+      try {
+        cur = readFileSync(path, 'utf8').trim();
+      } catch (e) {
+        throw new MeshError(
+          'ELB',
+          `read sysctl ${k.replaceAll('/', '.')}: ${(e as Error).message} (is ip_vs loaded? modprobe ip_vs)`,
+        );
+      }
+      if (cur === v) continue;
+      writeFileSync(path, v);
+      n++;
+    }
+    return n;
+  };
+  return netns ? withNetns(netns, work) : work();
 }
 
 /** What the kernel holds for one of our services: the service and its destinations. */
@@ -275,6 +326,7 @@ export class IpvsBackend implements LbBackend {
   private readonly forward: Extract<IpvsForward, 'masq' | 'route'>;
   private readonly range: { min: number; max: number };
   private readonly markRules: boolean;
+  private readonly sysctls: boolean;
   private handle: Ipvs | undefined;
   /** The last desired services by mark: IPVS keeps no key, VIP, port or task names. */
   private known = new Map<number, LbService>();
@@ -286,6 +338,7 @@ export class IpvsBackend implements LbBackend {
     this.forward = opts.forward ?? 'masq';
     this.range = opts.fwmarkRange ?? { min: 256, max: 0xffffffff };
     this.markRules = opts.markRules ?? false;
+    this.sysctls = opts.sysctls ?? true;
   }
 
   /**
@@ -343,6 +396,7 @@ export class IpvsBackend implements LbBackend {
     if (ops.length > 0) this.ipvs().batchOrThrow(ops);
     this.known = new Map(desired.map((s) => [s.fwmark, s]));
     let changes = ops.length;
+    if (this.sysctls) changes += setIpvsSysctls(this.netns);
     if (this.markRules) {
       const script = markRulesScript(desired);
       if (script !== this.lastMarks) {
@@ -504,7 +558,7 @@ export async function benchIpvsProgram(opts: {
   backends: number;
 }): Promise<IpvsBenchResult> {
   const desired = syntheticServices(opts.services, opts.backends);
-  const lb = new IpvsBackend({ netns: opts.netns });
+  const lb = new IpvsBackend({ netns: opts.netns, sysctls: false });
   try {
     lb.dumpOurs(); // open the socket and resolve the family outside the timed part
     let t0 = performance.now();

@@ -156,7 +156,26 @@ t.test('reconcile against ipvsadm: program, idempotence, drift, drain, flush', a
   t.teardown(() => lb.close());
 
   const svc = service(256);
-  t.same(await lb.apply([svc]), { changes: 4 }, 'one service + 3 destinations');
+  t.same(await lb.apply([svc]), { changes: 7 }, 'one service + 3 destinations + 3 sysctls');
+  t.equal(
+    run('ip', [
+      'netns',
+      'exec',
+      name,
+      'sysctl',
+      '-n',
+      'net.ipv4.vs.conntrack',
+      'net.ipv4.vs.expire_nodest_conn',
+      'net.ipv4.vs.expire_quiescent_template',
+    ]),
+    '1\n1\n1\n',
+    'the IPVS sysctls are set inside the namespace',
+  );
+  t.equal(
+    run('sysctl', ['-n', 'net.ipv4.vs.expire_nodest_conn']),
+    '0\n',
+    "and not in the VM's own",
+  );
   t.same(await lb.apply([svc]), { changes: 0 }, 'second apply: nothing to do');
 
   const adm = parseList(ipvsadm(name, ['-Ln']));
@@ -320,7 +339,11 @@ t.test('real traffic: client -> marked VIP -> 3 backend namespaces', async (t) =
   const lb = new IpvsBackend({ netns: lbn.ns, markRules: true });
   t.teardown(() => lb.close());
   const svc = service(256);
-  t.same(await lb.apply([svc]), { changes: 5 }, '1 service + 3 destinations + the marking table');
+  t.same(
+    await lb.apply([svc]),
+    { changes: 8 },
+    '1 service + 3 destinations + 3 sysctls + the marking table',
+  );
   t.match(
     run('ip', ['netns', 'exec', lbn.name, 'nft', 'list', 'table', 'ip', 'mesh-lb-mark']),
     /ip daddr 10\.77\.100\.1 tcp dport 80 meta mark set 0x00000100/,
@@ -394,10 +417,11 @@ t.test('real traffic: client -> marked VIP -> 3 backend namespaces', async (t) =
   );
 });
 
-t.test('bench: 100 services x 10 backends, ours vs ipvsadm --restore', async (t) => {
+const benchN = Number(process.env.MESH_IPVS_BENCH_N ?? 100);
+t.test(`bench: ${benchN} services x 10 backends, ours vs ipvsadm --restore`, async (t) => {
   const a = freshNetns(t, 'bench');
   const b = freshNetns(t, 'benchpeer');
-  const n = Number(process.env.MESH_IPVS_BENCH_N ?? 100);
+  const n = benchN;
   const r = await benchIpvsProgram({ netns: a.ns, peerNetns: b.ns, services: n, backends: 10 });
   t.comment(`bench ${JSON.stringify(r)}`);
   const count = (ns: string): number =>
