@@ -27,7 +27,11 @@ require('node:net').createServer((s) => {
     buf += d;
     while (buf.includes('\\n')) { buf = buf.slice(buf.indexOf('\\n') + 1); s.write(name + '\\n'); }
   });
-}).listen(8080, () => console.log('ready'));
+}).listen(8080, () => {
+  const u = require('node:dgram').createSocket('udp4');
+  u.on('message', (m, r) => u.send(name + '\\n', r.port, r.address));
+  u.bind(8080, () => console.log('ready'));
+});
 `;
 
 // N sequential connections, one line each; prints {"name": count, "fail": count}.
@@ -44,6 +48,23 @@ function one() {
     let buf = '';
     s.on('data', (d) => { buf += d; if (buf.includes('\\n')) done(buf.trim()); });
     s.write('x\\n');
+  });
+}
+(async () => { for (let i = 0; i < n; i++) await one(); console.log(JSON.stringify(counts)); })();
+`;
+
+// N datagrams, each from a new socket (a new conntrack entry); prints counts like CLIENT.
+const UDP_CLIENT = `
+const [ip, port, n] = [process.argv[1], Number(process.argv[2]), Number(process.argv[3])];
+const dgram = require('node:dgram');
+const counts = {};
+function one() {
+  return new Promise((resolve) => {
+    const s = dgram.createSocket('udp4');
+    const done = (k) => { clearTimeout(tm); s.close(); counts[k] = (counts[k] || 0) + 1; resolve(); };
+    const tm = setTimeout(() => done('fail'), 2000);
+    s.on('message', (m) => done(String(m).trim()));
+    s.send('x\\n', port, ip);
   });
 }
 (async () => { for (let i = 0; i < n; i++) await one(); console.log(JSON.stringify(counts)); })();
@@ -271,6 +292,35 @@ t.test(
     const sh = requests(client, '10.0.9.11', 80, 20);
     t.equal(Object.keys(sh).length, 1, `sh sends one client to one backend: ${JSON.stringify(sh)}`);
     t.notOk(sh['fail'], 'and answers every request');
+    t.ok((await lb.apply([vip, ingress])).changes > 0, 'removing it is a change');
+    // UDP: a VIP balanced per flow.
+    const dns: LbService = {
+      ...vip,
+      key: 'vip:net1:udp',
+      fwmark: 259,
+      protocol: 'udp',
+      vip: '10.0.9.12',
+      timeouts: { udp: 33 },
+    };
+    t.ok((await lb.apply([vip, ingress, dns])).changes > 0, 'adding a udp service is a change');
+    const udp = JSON.parse(
+      client.run('node', ['-e', UDP_CLIENT, '10.0.9.12', '80', '30'], { timeoutMs: 30_000 }),
+    ) as Record<string, number>;
+    t.same(udp, { b1: 10, b2: 10, b3: 10 }, 'udp flows go round robin to every backend');
+    const udpCt = lbHost
+      .run('cat', ['/proc/net/nf_conntrack'])
+      .split('\n')
+      .find((l) => l.includes('udp') && l.includes('mark=259'));
+    const udpLeft = Number(/^\S+\s+\d+\s+\S+\s+\d+\s+(\d+)/.exec(udpCt ?? '')?.[1]);
+    t.ok(
+      udpLeft > 0 && udpLeft <= 33,
+      `a udp flow has the service's 33 s timeout (left: ${udpLeft})`,
+    );
+    t.same(
+      strip(await lb.read()),
+      normalizeServices([vip, ingress, dns]),
+      'read() round-trips the udp service and its timeout',
+    );
     t.ok((await lb.apply([vip, ingress])).changes > 0, 'removing it is a change');
     lb.forget();
     t.equal(
