@@ -67,6 +67,9 @@ export async function benchLbNft(
     const host = net.hosts[0]!;
     const lb = new NftBackend({ netns: host.ns });
     const desired = lbState(services, backends);
+    // Warm up (module loading, JIT, the first netlink socket), as in a running meshd.
+    await lb.apply(lbState(2, 2));
+    await lb.flush();
 
     let t0 = performance.now();
     await lb.apply(desired);
