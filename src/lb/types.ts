@@ -40,6 +40,8 @@ export interface LbService {
 }
 
 export interface BackendStats {
+  /** Connections the scheduler sent to this backend (nftables: the backend chain's counter). */
+  scheduledConns?: number;
   activeConns?: number;
   inactiveConns?: number;
   packets?: number;
