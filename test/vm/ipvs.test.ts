@@ -276,6 +276,26 @@ t.test('errors carry advice', async (t) => {
     () => h.newService({ fwmark: 301, scheduler: 'nosuch' }),
     /scheduler module not available/,
   );
+  // A namespace whose lo never came up refuses masquerade destinations (EINVAL); the error says
+  // what to do. (Bringing lo up and then down again does not reproduce it.)
+  const downName = `mvm-${process.pid}-lbdown`;
+  run('ip', ['netns', 'add', downName]);
+  const down = netnsOpen(downName);
+  t.teardown(() => {
+    down.close();
+    run('ip', ['netns', 'del', downName]);
+  });
+  const h2 = Ipvs.open({ netns: down });
+  t.teardown(() => h2.close());
+  h2.newService({ fwmark: 300 });
+  t.throws(
+    () => h2.newDest({ fwmark: 300 }, { addr: '10.0.0.2', port: 80 }),
+    /add ipvs destination 10\.0\.0\.2:80 of service fwmark 300: .*bring lo up first/,
+    'lo never up: the refusal says what to do',
+  );
+  run('ip', ['-n', downName, 'link', 'set', 'lo', 'up']);
+  h2.newDest({ fwmark: 300 }, { addr: '10.0.0.2', port: 80 });
+  t.equal(h2.dests({ fwmark: 300 }).length, 1, 'accepted once lo is up');
 });
 
 t.test('real traffic: client -> marked VIP -> 3 backend namespaces', async (t) => {
