@@ -18,7 +18,7 @@
  *   VXLAN built by hand with `ip`/`bridge` with the same shape (bridge + vxlan in a namespace per
  *   host, another VNI and port, static FDB/ARP, MTU underlay − 50: what the kernel's VXLAN does
  *   by default) and the bare underlay (host namespace to host namespace over the veths). Sides
- *   alternate in 8 short rounds of 2 s, medians over rounds: on a shared 2-core machine single
+ *   alternate (ours and the hand-built one swap places every round) in 8 short rounds of 2 s, medians over rounds: on a shared 2-core machine single
  *   runs vary by 2-3x, and many short alternating rounds give steadier medians than a few long
  *   ones. `ratio_paired` is the median of the per-round ratios. When ours is below 0.95 of the
  *   hand-built one, the `ip -d link` and `ethtool -k` settings that differ between the two
@@ -366,8 +366,16 @@ export async function main(args: string[]): Promise<void> {
     const tp = { ours: [] as number[], hand: [] as number[], underlay: [] as number[] };
     const eff = { ours: [] as number[], hand: [] as number[] };
     for (let r = 0; r < rounds; r++) {
-      const o = await iperf(ta.netns, tb.netns, ipB, seconds, streams, nice);
-      const h = await iperf(ha.taskNs, hb.taskNs, hb.ip, seconds, streams, nice);
+      // Which of the two goes first alternates, so neither always follows the underlay run.
+      const runOurs = () => iperf(ta.netns, tb.netns, ipB, seconds, streams, nice);
+      const runHand = () => iperf(ha.taskNs, hb.taskNs, hb.ip, seconds, streams, nice);
+      const [o, h] =
+        r % 2 === 0
+          ? [await runOurs(), await runHand()]
+          : await (async () => {
+              const x = await runHand();
+              return [await runOurs(), x] as const;
+            })();
       const u = await iperf(a.name, b.name, b.addr, seconds, streams, nice);
       tp.ours.push(o.gbps);
       tp.hand.push(h.gbps);
