@@ -56,7 +56,7 @@ export interface LbBackend {
    */
   apply(desired: LbService[]): Promise<{ changes: number }>;
   /** What the kernel holds now, with per-backend statistics where the kernel keeps them. */
-  read(): Promise<Array<LbService & { backends: Array<Backend & BackendStats> }>>;
+  read(): Promise<Array<Omit<LbService, 'backends'> & { backends: Array<Backend & BackendStats> }>>;
   /** Remove everything of ours. */
   flush(): Promise<void>;
 }
