@@ -67,11 +67,12 @@ interface TaskView {
   networks: { network: string; address: string; ifname: string }[];
 }
 
-function arg(args: string[], name: string, def: number): number {
+function arg(args: string[], name: string, def: number, min = 1): number {
   const i = args.indexOf(name);
   if (i < 0) return def;
   const v = Number(args[i + 1]);
-  if (!Number.isFinite(v) || v < 0) throw new Error(`bench overlay: ${name} wants a number`);
+  if (!Number.isFinite(v) || v < min)
+    throw new Error(`bench overlay: ${name} wants a number >= ${min}`);
   return v;
 }
 
@@ -235,12 +236,12 @@ export async function main(args: string[]): Promise<void> {
     throw new Error('bench overlay: run as root (it creates network namespaces)');
   if (spawnSync('iperf3', ['--version']).status !== 0)
     throw new Error('bench overlay: iperf3 not installed (apt-get install iperf3)');
-  const attachments = arg(args, '--attachments', 100);
+  const attachments = arg(args, '--attachments', 100, 0);
   const timeoutMs = arg(args, '--timeout-ms', 5000);
   const seconds = arg(args, '--seconds', 2);
   const rounds = arg(args, '--rounds', 8);
   const streams = arg(args, '--streams', 1);
-  const nice = args.includes('--nice') ? Number(args[args.indexOf('--nice') + 1]) : 0;
+  const nice = arg(args, '--nice', 0, -20);
   const began = Date.now();
 
   // Ctrl-C and kill end through process.exit, so TestNet's exit hook removes the namespaces.
