@@ -16,6 +16,7 @@ import { writeFileSync, readFileSync, renameSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Network } from '../manager/objects.js';
 import { newNodeId } from '../manager/identity.js';
+import { netnsOpen, withNetns } from '../netlink/index.js';
 import { OverlayDriver, type Peer } from '../overlay/index.js';
 import { MeshError } from '../util/errors.js';
 import { createLogger } from '../util/log.js';
@@ -331,6 +332,7 @@ export class Agent {
           ip: r.address,
         });
         at.mac = res.mac;
+        fastArpRetry(info.netnsPath, res.ifname);
         this.save();
         this.publish(rec, at);
         this.schedulePeers(net.id);
@@ -493,6 +495,30 @@ export class Agent {
     this.unwatch();
     this.runtime.close();
     this.overlay.close();
+  }
+}
+
+/**
+ * A task answering a peer that just appeared must ARP for it, and the vxlan device answers only
+ * once the peer table has reached this node (≤ one gossip round). With the kernel's default
+ * 1 s ARP retransmit the first exchange then takes a second; 100 ms bounds it near one round
+ * (bench/overlay: p99 1.04 s → 0.21 s). Unanswered ARP stays rare here: peers are static.
+ */
+const ARP_RETRANS_MS = 100;
+
+function fastArpRetry(taskNsPath: string, ifname: string): void {
+  try {
+    const ns = netnsOpen({ path: taskNsPath });
+    try {
+      // /proc/sys/net resolves to the opening thread's network namespace.
+      withNetns(ns, () =>
+        writeFileSync(`/proc/sys/net/ipv4/neigh/${ifname}/retrans_time_ms`, `${ARP_RETRANS_MS}\n`),
+      );
+    } finally {
+      ns.close();
+    }
+  } catch (e) {
+    log.warn('could not shorten the ARP retransmit time', { ifname, err: e });
   }
 }
 
