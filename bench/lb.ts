@@ -4,7 +4,8 @@
  * - program_ms: 1,000 services × 10 backends (--services, --backends) programmed by our
  *   NftBackend.apply() into an empty namespace (after a warm-up apply, as a running meshd would
  *   be warm) vs `nft -f` of the very ruleset text NftBackend generates for that state
- *   (bench/lib/lb-nft.ts). Target: ours/peer ≤ 1.0.
+ *   (bench/lib/lb-nft.ts), --program-rounds times (default 3; medians reported, the per-round
+ *   figures too). Target: ours/peer ≤ 1.0.
  * - with --vm, the same with IpvsBackend vs `ipvsadm --restore` inside the kernel VM (one boot,
  *   bench/lib/lb-ipvs.ts), reported as ipvs_program_ms / ipvsadm_restore_ms; the guest is
  *   emulated, so only their ratio means something.
@@ -12,27 +13,36 @@
  *   underlay; the lb and backends also share 10.0.1.0/24), a VIP 10.0.9.10:80 in the lb's
  *   NftBackend balanced (rr) over the backends' :8080, each backend a small node HTTP server. A
  *   node load generator in the client (bench/lib/lb-http.ts: a new TCP connection per request,
- *   --concurrency 32, each measurement --seconds 5 or --requests 20,000, whichever comes first,
- *   after a 500 ms warm-up) runs against the VIP, then against one backend directly (the
- *   client reaches 10.0.1.0/24 on-link, no load balancer on the way). Sides alternate over
- *   --rounds (default 2, order VIP, direct, direct, VIP) so drift of the shared machine's load
- *   hits both alike; rates are summed over rounds, percentiles over all requests. Target:
- *   vip/direct ≥ 0.9. The VIP run must be answered by all three backends without errors, or the
- *   bench fails.
+ *   --concurrency 32, each measurement --seconds 2 or --requests 20,000, whichever comes first,
+ *   after a 500 ms warm-up) runs against the VIP and against one backend directly (the client
+ *   reaches 10.0.1.0/24 on-link, no load balancer on the way). For information also: directly
+ *   over all three backends in turn (direct_all: the same three server processes as behind the
+ *   VIP) and through the lb namespace as a plain router to a second address of backend 1
+ *   (routed: the VIP's hops, replies back through the lb too, but no DNAT or masquerade), so
+ *   VIP/direct_all and VIP/routed tell the extra hop's cost from the load balancer's own.
+ *   Sides alternate over --rounds (default 6; odd rounds VIP, direct, direct_all, routed, even
+ *   rounds the reverse): on this shared 2-core machine single runs vary 2-3x with other work,
+ *   and many short alternating rounds hit all sides alike. Rates are summed over rounds,
+ *   percentiles taken over all requests; req_ratio_paired is the median of the per-round
+ *   ratios, the steadier figure. busy_pct is the share of the whole machine's CPU that was busy
+ *   during each run (near 100: the rate measures CPU cost per request, everything included).
+ *   Target: vip/direct ≥ 0.9. The VIP must be answered by all three backends, and no side may
+ *   have more than 1% errors, or the bench fails.
  *
  * `npm run bench -- lb [--vm] [--services N] [--backends M] [--seconds S] [--requests R]
- * [--concurrency C] [--rounds K] [--vm-timeout SEC]`. Ends with one JSON line
+ * [--concurrency C] [--rounds K] [--program-rounds P] [--vm-timeout SEC]`. Ends with one JSON line
  * {"bench":"lb","backend":"nftables","ours":{"program_ms","vip_req_per_s",…},
  *  "peer":{"program_ms","direct_req_per_s",…},…}. Everything runs in namespaces the bench
- * creates and removes, also on failure or SIGINT/SIGTERM; without --vm a run takes well under
- * 2 minutes.
+ * creates and removes, also on failure or SIGINT/SIGTERM; without --vm a run takes about
+ * 1.5 minutes (the VM adds about 2).
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { NftBackend } from '../src/lb/nft.js';
 import type { LbService } from '../src/lb/types.js';
 import { TestNet, type TestHost } from '../test/lib/testnet.js';
-import { benchLbNft } from './lib/lb-nft.js';
+import { benchLbNft, type LbNftResult } from './lib/lb-nft.js';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
 const HTTP = `${root}dist/bench/lib/lb-http.js`;
@@ -49,6 +59,7 @@ interface Opts {
   requests: number;
   concurrency: number;
   rounds: number;
+  programRounds: number;
   vmTimeout: number;
 }
 
@@ -69,6 +80,7 @@ function parseArgs(args: string[]): Opts {
     '--requests',
     '--concurrency',
     '--rounds',
+    '--program-rounds',
     '--vm-timeout',
   ]);
   for (const a of args)
@@ -77,10 +89,11 @@ function parseArgs(args: string[]): Opts {
     vm: args.includes('--vm'),
     services: num('--services', 1000, 1),
     backends: num('--backends', 10, 1),
-    seconds: num('--seconds', 5, 0.5),
+    seconds: num('--seconds', 2, 0.5),
     requests: num('--requests', 20_000, 100),
     concurrency: num('--concurrency', 32, 1),
-    rounds: num('--rounds', 2, 1),
+    rounds: num('--rounds', 6, 1),
+    programRounds: num('--program-rounds', 3, 1),
     vmTimeout: num('--vm-timeout', 600, 60),
   };
 }
@@ -136,6 +149,26 @@ function ready(child: ChildProcess, what: string, limitMs = 10_000): Promise<voi
   });
 }
 
+type SideName = 'vip' | 'direct' | 'direct_all' | 'routed';
+const SIDES: readonly SideName[] = ['vip', 'direct', 'direct_all', 'routed'];
+/** b1's second address, reached through the lb namespace as a plain router (no DNAT). */
+const ROUTED = '10.0.2.10';
+
+/** Busy and total jiffies of the whole machine (/proc/stat, all CPUs; man 5 proc). */
+function cpuTimes(): { busy: number; total: number } {
+  const f = readFileSync('/proc/stat', 'utf8')
+    .split('\n')[0]!
+    .trim()
+    .split(/\s+/)
+    .slice(1)
+    .map(Number);
+  const total = f.reduce((a, b) => a + b, 0);
+  return { busy: total - (f[3] ?? 0) - (f[4] ?? 0), total };
+}
+
+const busyPct = (a: { busy: number; total: number }, b: { busy: number; total: number }): number =>
+  Math.round(((b.busy - a.busy) * 100) / Math.max(1, b.total - a.total));
+
 interface LoadResult {
   ok: number;
   errors: number;
@@ -146,6 +179,8 @@ interface LoadResult {
   by: Record<string, number>;
   first_error?: string;
   lat_ms: number[];
+  /** Share of the whole machine's CPU time that was busy during the run (all processes). */
+  busy_pct?: number;
 }
 
 async function loadRun(client: TestHost, o: Opts, host: string, port: number): Promise<LoadResult> {
@@ -173,6 +208,11 @@ async function loadRun(client: TestHost, o: Opts, host: string, port: number): P
 const pct = (sorted: number[], p: number): number =>
   sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))]! : NaN;
 const r2 = (x: number): number => Math.round(x * 100) / 100;
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+};
 
 interface Side {
   req_per_s: number;
@@ -181,6 +221,7 @@ interface Side {
   requests: number;
   errors: number;
   rounds_req_per_s: number[];
+  rounds_busy_pct: number[];
   by: Record<string, number>;
 }
 
@@ -197,12 +238,13 @@ function summarize(rs: LoadResult[]): Side {
     requests: ok,
     errors: rs.reduce((s, r) => s + r.errors, 0),
     rounds_req_per_s: rs.map((r) => r.req_per_s),
+    rounds_busy_pct: rs.map((r) => r.busy_pct ?? NaN),
     by,
   };
 }
 
 /** Client → VIP (via the lb) and client → one backend directly, alternating over rounds. */
-async function traffic(o: Opts): Promise<{ vip: Side; direct: Side }> {
+async function traffic(o: Opts): Promise<Record<SideName, Side>> {
   const net = TestNet.create({ hosts: 5 });
   try {
     const [client, lbHost, ...backs] = net.hosts as [TestHost, TestHost, ...TestHost[]];
@@ -229,6 +271,15 @@ async function traffic(o: Opts): Promise<{ vip: Side; direct: Side }> {
       });
       await ready(srv, `server b${i + 1}`);
     }
+    // Routed: the client reaches b1's second address through the lb namespace, both ways (b1
+    // answers from it via the lb by a source rule), the same hops as the VIP without DNAT and
+    // masquerade; the lb's conntrack still sees it, as it does once our nat table exists.
+    const b1 = backs[0]!;
+    b1.run('ip', ['addr', 'add', `${ROUTED}/32`, 'dev', 'eth0']);
+    b1.run('ip', ['rule', 'add', 'from', ROUTED, 'table', '100']);
+    b1.run('ip', ['route', 'add', 'default', 'via', '10.0.1.2', 'table', '100']);
+    lbHost.run('ip', ['route', 'add', `${ROUTED}/32`, 'via', ips[0]!]);
+    client.run('ip', ['route', 'add', `${ROUTED}/32`, 'via', lbHost.addr]);
     const lb = new NftBackend({ netns: lbHost.ns });
     const svc: LbService = {
       key: 'vip:bench:web',
@@ -248,28 +299,42 @@ async function traffic(o: Opts): Promise<{ vip: Side; direct: Side }> {
     };
     await lb.apply([svc]);
 
-    const vip: LoadResult[] = [];
-    const direct: LoadResult[] = [];
+    const runs: Record<SideName, LoadResult[]> = {
+      vip: [],
+      direct: [],
+      direct_all: [],
+      routed: [],
+    };
+    const target: Record<SideName, [string, number]> = {
+      vip: [VIP, 80],
+      direct: [ips[0]!, 8080],
+      direct_all: [ips.join(','), 8080],
+      routed: [ROUTED, 8080],
+    };
     for (let r = 0; r < o.rounds; r++) {
-      const order = r % 2 === 0 ? ['vip', 'direct'] : ['direct', 'vip'];
+      const order = r % 2 === 0 ? SIDES : [...SIDES].reverse();
       for (const side of order) {
-        const res =
-          side === 'vip'
-            ? await loadRun(client, o, VIP, 80)
-            : await loadRun(client, o, ips[0]!, 8080);
-        (side === 'vip' ? vip : direct).push(res);
+        const c0 = cpuTimes();
+        const res = await loadRun(client, o, ...target[side]);
+        res.busy_pct = busyPct(c0, cpuTimes());
+        runs[side].push(res);
         log(
           `round ${r + 1} ${side}: ${res.req_per_s} req/s, ${res.ok} ok, ${res.errors} errors, ` +
-            `p50 ${res.p50_ms} ms, p99 ${res.p99_ms} ms, by ${JSON.stringify(res.by)}` +
+            `p50 ${res.p50_ms} ms, p99 ${res.p99_ms} ms, host cpu busy ${res.busy_pct}%, ` +
+            `by ${JSON.stringify(res.by)}` +
             (res.first_error ? ` (first error: ${res.first_error})` : ''),
         );
       }
     }
-    const v = summarize(vip);
-    const d = summarize(direct);
+    const v = summarize(runs.vip);
+    const d = summarize(runs.direct);
+    const da = summarize(runs.direct_all);
+    const ro = summarize(runs.routed);
     for (const [name, s] of [
       ['vip', v],
       ['direct', d],
+      ['direct_all', da],
+      ['routed', ro],
     ] as const) {
       if (s.requests === 0 || s.errors > s.requests / 100)
         throw new Error(`bench lb: ${name}: ${s.errors} errors in ${s.requests} requests`);
@@ -279,7 +344,7 @@ async function traffic(o: Opts): Promise<{ vip: Side; direct: Side }> {
       throw new Error(
         `bench lb: the VIP never reached ${missing.join(', ')}: ${JSON.stringify(v.by)}`,
       );
-    return { vip: v, direct: d };
+    return { vip: v, direct: d, direct_all: da, routed: ro };
   } finally {
     net.destroy();
   }
@@ -347,11 +412,29 @@ export async function main(args: string[]): Promise<void> {
   const t0 = Date.now();
 
   log(`programming ${o.services} services × ${o.backends} backends: NftBackend vs nft -f`);
-  const prog = await benchLbNft({ services: o.services, backends: o.backends });
+  const progs: LbNftResult[] = [];
+  for (let i = 0; i < o.programRounds; i++) {
+    const p = await benchLbNft({ services: o.services, backends: o.backends });
+    progs.push(p);
+    log(
+      `program round ${i + 1}: ours ${p.ours_ms} ms, nft -f ${p.nft_ms} ms ` +
+        `(ratio ${r2(p.ours_ms / p.nft_ms)}); noop ${p.noop_ms} ms (full ${p.noop_full_ms}), ` +
+        `add one ${p.add_one_ms} ms (full ${p.add_one_full_ms}), ruleset ${p.rules_bytes} bytes`,
+    );
+  }
+  const med = (k: keyof LbNftResult): number => Math.round(median(progs.map((p) => p[k])));
+  const prog = {
+    ours_ms: med('ours_ms'),
+    nft_ms: med('nft_ms'),
+    noop_ms: med('noop_ms'),
+    noop_full_ms: med('noop_full_ms'),
+    add_one_ms: med('add_one_ms'),
+    add_one_full_ms: med('add_one_full_ms'),
+  };
+  const progRatio = r2(median(progs.map((p) => p.ours_ms / p.nft_ms)));
   log(
-    `program: ours ${prog.ours_ms} ms, nft -f ${prog.nft_ms} ms (ratio ${r2(prog.ours_ms / prog.nft_ms)}); ` +
-      `noop ${prog.noop_ms} ms (full ${prog.noop_full_ms}), add one ${prog.add_one_ms} ms ` +
-      `(full ${prog.add_one_full_ms}), ruleset ${prog.rules_bytes} bytes`,
+    `program (medians of ${progs.length}): ours ${prog.ours_ms} ms, nft -f ${prog.nft_ms} ms, ` +
+      `ratio ${r2(prog.ours_ms / prog.nft_ms)} (median of rounds ${progRatio})`,
   );
 
   log(
@@ -360,10 +443,17 @@ export async function main(args: string[]): Promise<void> {
   );
   const tr = await traffic(o);
   const ratio = r2(tr.vip.req_per_s / tr.direct.req_per_s);
+  const ratioAll = r2(tr.vip.req_per_s / tr.direct_all.req_per_s);
+  const ratioRouted = r2(tr.vip.req_per_s / tr.routed.req_per_s);
+  const paired = (other: Side): number =>
+    r2(median(tr.vip.rounds_req_per_s.map((v, i) => v / (other.rounds_req_per_s[i] ?? NaN))));
   log(
     `traffic: VIP ${tr.vip.req_per_s} req/s (p50 ${tr.vip.p50_ms}, p99 ${tr.vip.p99_ms} ms), ` +
       `direct ${tr.direct.req_per_s} req/s (p50 ${tr.direct.p50_ms}, p99 ${tr.direct.p99_ms} ms), ` +
-      `ratio ${ratio}`,
+      `ratio ${ratio} (median of rounds ${paired(tr.direct)}); direct over all 3 backends ${tr.direct_all.req_per_s} req/s ` +
+      `(p50 ${tr.direct_all.p50_ms}, p99 ${tr.direct_all.p99_ms} ms), VIP/that ${ratioAll}; ` +
+      `routed through the lb without DNAT ${tr.routed.req_per_s} req/s (p50 ` +
+      `${tr.routed.p50_ms}, p99 ${tr.routed.p99_ms} ms), VIP/that ${ratioRouted}`,
   );
 
   let vm: VmResult | undefined;
@@ -384,10 +474,12 @@ export async function main(args: string[]): Promise<void> {
     backends: o.backends,
     ours: {
       program_ms: prog.ours_ms,
+      program_rounds_ms: progs.map((p) => p.ours_ms),
       vip_req_per_s: tr.vip.req_per_s,
       vip_p50_ms: tr.vip.p50_ms,
       vip_p99_ms: tr.vip.p99_ms,
       vip_rounds_req_per_s: tr.vip.rounds_req_per_s,
+      vip_rounds_busy_pct: tr.vip.rounds_busy_pct,
       vip_by_backend: tr.vip.by,
       noop_ms: prog.noop_ms,
       noop_full_ms: prog.noop_full_ms,
@@ -397,14 +489,32 @@ export async function main(args: string[]): Promise<void> {
     },
     peer: {
       program_ms: prog.nft_ms,
+      program_rounds_ms: progs.map((p) => p.nft_ms),
       direct_req_per_s: tr.direct.req_per_s,
       direct_p50_ms: tr.direct.p50_ms,
       direct_p99_ms: tr.direct.p99_ms,
       direct_rounds_req_per_s: tr.direct.rounds_req_per_s,
+      direct_rounds_busy_pct: tr.direct.rounds_busy_pct,
+      direct_all_req_per_s: tr.direct_all.req_per_s,
+      direct_all_p50_ms: tr.direct_all.p50_ms,
+      direct_all_p99_ms: tr.direct_all.p99_ms,
+      direct_all_rounds_req_per_s: tr.direct_all.rounds_req_per_s,
+      direct_all_rounds_busy_pct: tr.direct_all.rounds_busy_pct,
+      routed_req_per_s: tr.routed.req_per_s,
+      routed_p50_ms: tr.routed.p50_ms,
+      routed_p99_ms: tr.routed.p99_ms,
+      routed_rounds_req_per_s: tr.routed.rounds_req_per_s,
+      routed_rounds_busy_pct: tr.routed.rounds_busy_pct,
       ...(vm ? { ipvsadm_restore_ms: vm.peer_program_ms } : {}),
     },
     program_ratio: r2(prog.ours_ms / prog.nft_ms),
+    program_ratio_paired: progRatio,
     req_ratio: ratio,
+    req_ratio_vs_all: ratioAll,
+    req_ratio_vs_routed: ratioRouted,
+    req_ratio_paired: paired(tr.direct),
+    req_ratio_vs_all_paired: paired(tr.direct_all),
+    req_ratio_vs_routed_paired: paired(tr.routed),
     ...(vm ? { ipvs_program_ratio: r2(vm.program_ms / vm.peer_program_ms) } : {}),
   };
   process.stdout.write(JSON.stringify(res) + '\n');

@@ -5,8 +5,9 @@
  *   node lb-http.js server NAME PORT
  *     An HTTP/1.1 server answering every request with NAME (so the client sees which backend
  *     took it); prints `ready` once listening.
- *   node lb-http.js load HOST PORT SECONDS MAX_REQUESTS CONCURRENCY WARMUP_MS
- *     A closed-loop load generator: CONCURRENCY loops, each sending GET / one after another,
+ *   node lb-http.js load HOSTS PORT SECONDS MAX_REQUESTS CONCURRENCY WARMUP_MS
+ *     A closed-loop load generator: CONCURRENCY loops, each sending GET / one after another
+ *     (HOSTS is one address, or several separated by commas, taken in turn request by request),
  *     every request on a new TCP connection (no keep-alive, as kube-proxy benchmarks do: the
  *     load balancer's per-connection work is what is measured). A warm-up of WARMUP_MS is not
  *     counted; then requests started in the next SECONDS (at most MAX_REQUESTS of them) are
@@ -52,7 +53,7 @@ function once(host: string, port: number): Promise<string> {
 }
 
 async function load(
-  host: string,
+  hosts: string[],
   port: number,
   seconds: number,
   maxRequests: number,
@@ -74,6 +75,7 @@ async function load(
   let errors = 0;
   let firstError: string | undefined;
   let lastDone = t0;
+  let next = 0;
   const loop = async (): Promise<void> => {
     for (;;) {
       const now = performance.now();
@@ -81,7 +83,7 @@ async function load(
       const measured = now >= t0;
       if (measured) started++;
       try {
-        const name = await once(host, port);
+        const name = await once(hosts[next++ % hosts.length]!, port);
         const done = performance.now();
         if (!measured) continue;
         lat.push(done - now);
@@ -130,7 +132,7 @@ if (mode === 'server') {
   server(rest[0] ?? 'backend', num(rest[1], 'PORT'));
 } else if (mode === 'load') {
   await load(
-    rest[0] ?? '',
+    (rest[0] ?? '').split(','),
     num(rest[1], 'PORT'),
     num(rest[2], 'SECONDS'),
     num(rest[3], 'MAX_REQUESTS'),
@@ -139,7 +141,7 @@ if (mode === 'server') {
   );
 } else {
   process.stderr.write(
-    'usage: lb-http.js server NAME PORT | load HOST PORT SECONDS MAX CONCURRENCY WARMUP_MS\n',
+    'usage: lb-http.js server NAME PORT | load HOST[,HOST…] PORT SECONDS MAX CONCURRENCY WARMUP_MS\n',
   );
   process.exit(2);
 }
