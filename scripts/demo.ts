@@ -7,17 +7,14 @@
  * killed with -9 and the overlay keeps answering (the data path does not depend on the daemon);
  * everything is removed. (Services with a published port on every node join when they exist.)
  */
-import { spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { netnsList } from '../src/netlink/index.js';
+import { MeshHosts, until } from '../test/lib/meshd.js';
 import { TestNet, type TestHost } from '../test/lib/testnet.js';
 
-const root = fileURLToPath(new URL('../../', import.meta.url));
-const meshd = `${root}dist/src/daemon/main.js`;
-const meshctl = `${root}dist/src/cli/main.js`;
 const say = (s: string): boolean => process.stdout.write(`${s}\n`);
 
 interface TaskView {
@@ -33,26 +30,11 @@ async function main(): Promise<number> {
   }
   const net = TestNet.create({ hosts: 3, prefix: `mesh-demo-${process.pid}` });
   const dir = mkdtempSync(join(tmpdir(), 'mesh-demo-'));
-  const procs = new Map<TestHost, ChildProcess>();
-  const sock = (h: TestHost): string => join(dir, `${h.index}.sock`);
-  const ctl = (h: TestHost, ...args: string[]): string => {
-    const r = spawnSync(process.execPath, [meshctl, '--host', sock(h), ...args], {
-      encoding: 'utf8',
-      timeout: 60_000,
-    });
-    if (r.status !== 0) throw new Error(`meshctl ${args.join(' ')} on ${h.name}: ${r.stderr}`);
-    return r.stdout;
-  };
+  const mh = new MeshHosts(dir);
+  const ctl = (h: TestHost, ...args: string[]): string => mh.ok(h, ...args);
   const show = (h: TestHost, ...args: string[]): void => {
     say(`$ meshctl ${args.join(' ')}    # on h${h.index}`);
     process.stdout.write(ctl(h, ...args));
-  };
-  const until = async (what: string, f: () => boolean, ms = 20_000): Promise<void> => {
-    const end = Date.now() + ms;
-    while (!f()) {
-      if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-      await new Promise((r) => setTimeout(r, 100));
-    }
   };
   const get = (task: TaskView, url: string): string =>
     spawnSync(
@@ -71,36 +53,9 @@ async function main(): Promise<number> {
     say(
       `== 3 hosts on an underlay bridge: ${net.hosts.map((h) => `${h.name} ${h.addr}`).join(', ')}`,
     );
-    for (const h of net.hosts) {
-      procs.set(
-        h,
-        h.spawn(
-          process.execPath,
-          [
-            meshd,
-            '--node-name',
-            `h${h.index}`,
-            '--advertise-addr',
-            h.addr,
-            '--listen-addr',
-            `${h.addr}:2377`,
-            '--data-dir',
-            join(dir, `data${h.index}`),
-            '--socket',
-            sock(h),
-            '--netns-prefix',
-            `${h.name}-`,
-          ],
-          { stdio: 'ignore' },
-        ),
-      );
-    }
+    for (const h of net.hosts) mh.start(h);
     const [h1, h2, h3] = net.hosts as [TestHost, TestHost, TestHost];
-    await until('meshd to start', () =>
-      net.hosts.every(
-        (h) => spawnSync(process.execPath, [meshctl, '--host', sock(h), 'version']).status === 0,
-      ),
-    );
+    await until('meshd to start', () => mh.ready(net.hosts));
     say('\n== a cluster: init on h1, h2 and h3 join as managers with a token');
     show(h1, 'cluster', 'init');
     const token = ctl(h1, 'cluster', 'join-token', 'manager', '-q').trim();
@@ -147,13 +102,13 @@ async function main(): Promise<number> {
     );
 
     say('\n== kill -9 the meshd of h3: the data path keeps working without it');
-    procs.get(h3)!.kill('SIGKILL');
+    mh.procs.get(h3.index)!.kill('SIGKILL');
     await new Promise((r) => setTimeout(r, 300));
     const ip3 = tasks[2]!.networks[0]!.address.split('/')[0]!;
     say(`web1 (h1) -> http://${ip3}:8080  ${get(tasks[0]!, `http://${ip3}:8080/`) || 'NO ANSWER'}`);
     return 0;
   } finally {
-    for (const p of procs.values()) p.kill('SIGKILL');
+    mh.killAll();
     // Task processes run in their own sessions (they outlive meshd by design): stop them too.
     for (const ns of netnsList().filter((n) => n.startsWith(`mesh-demo-${process.pid}`))) {
       spawnSync('ip', ['netns', 'pids', ns], { encoding: 'utf8' })

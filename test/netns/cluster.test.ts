@@ -4,21 +4,16 @@
 // manager catching up on restart, leave + node rm, and quorum-loss recovery with
 // --force-new-cluster keeping the committed state.
 import t from 'tap';
-import { spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { MeshHosts, until } from '../lib/meshd.js';
 import { testnet, type TestHost } from '../lib/testnet.js';
 
 if (process.getuid?.() !== 0) {
   t.plan(0, 'netns tests need root (they create network namespaces)');
   process.exit(0);
 }
-
-const root = fileURLToPath(new URL('../../../', import.meta.url));
-const meshd = `${root}dist/src/daemon/main.js`;
-const meshctl = `${root}dist/src/cli/main.js`;
 
 interface NodeRow {
   id: string;
@@ -32,52 +27,13 @@ t.test('cluster init, join, promote, demote, failover, leave, force-new-cluster'
   const net = testnet(t, { hosts: 3 });
   const dir = mkdtempSync(join(tmpdir(), 'meshd-cluster-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  const procs = new Map<number, ChildProcess>();
-  t.teardown(() => {
-    for (const p of procs.values()) p.kill('SIGKILL');
-  });
-  const sock = (h: TestHost) => join(dir, `${h.index}.sock`);
-  const start = (h: TestHost, extra: string[] = []) => {
-    const p = h.spawn(
-      process.execPath,
-      [
-        meshd,
-        '--node-name',
-        `h${h.index}`,
-        '--advertise-addr',
-        h.addr,
-        '--listen-addr',
-        `${h.addr}:2377`,
-        '--data-dir',
-        join(dir, `data${h.index}`),
-        '--socket',
-        sock(h),
-        ...extra,
-      ],
-      { stdio: 'ignore' },
-    );
-    procs.set(h.index, p);
-    return p;
-  };
-  const ctl = (h: TestHost, ...args: string[]) =>
-    spawnSync(process.execPath, [meshctl, '--host', sock(h), ...args], {
-      encoding: 'utf8',
-      timeout: 60_000,
-    });
-  const ok = (h: TestHost, ...args: string[]) => {
-    const r = ctl(h, ...args);
-    if (r.status !== 0) throw new Error(`meshctl ${args.join(' ')} on h${h.index}: ${r.stderr}`);
-    return r.stdout;
-  };
-  const until = async <T>(what: string, f: () => T | undefined | false, ms = 20_000) => {
-    const end = Date.now() + ms;
-    for (;;) {
-      const v = f();
-      if (v) return v;
-      if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  };
+  const mh = new MeshHosts(dir);
+  t.teardown(() => mh.killAll());
+  const procs = mh.procs;
+  const sock = (h: TestHost) => mh.sock(h);
+  const start = (h: TestHost, extra: string[] = []) => mh.start(h, extra);
+  const ctl = (h: TestHost, ...args: string[]) => mh.ctl(h, ...args);
+  const ok = (h: TestHost, ...args: string[]) => mh.ok(h, ...args);
   const nodes = (h: TestHost): NodeRow[] | undefined => {
     const r = ctl(h, 'node', 'ls', '--json');
     return r.status === 0 ? (JSON.parse(r.stdout) as NodeRow[]) : undefined;

@@ -5,22 +5,18 @@
 // state with no duplicates; stale state from a crashed run is removed; `net rm` is refused while
 // in use and afterwards leaves no kernel object behind.
 import t from 'tap';
-import { spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { netnsCreate, netnsList } from '../../src/netlink/index.js';
+import { MeshHosts, until } from '../lib/meshd.js';
 import { testnet, type TestHost } from '../lib/testnet.js';
 
 if (process.getuid?.() !== 0) {
   t.plan(0, 'netns tests need root (they create network namespaces)');
   process.exit(0);
 }
-
-const root = fileURLToPath(new URL('../../../', import.meta.url));
-const meshd = `${root}dist/src/daemon/main.js`;
-const meshctl = `${root}dist/src/cli/main.js`;
 
 interface TaskView {
   id: string;
@@ -34,54 +30,13 @@ t.test('overlay networks between namespaced hosts', async (t) => {
   const net = testnet(t, { hosts: 3 });
   const dir = mkdtempSync(join(tmpdir(), 'meshd-overlay-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  const procs = new Map<number, ChildProcess>();
-  t.teardown(() => {
-    for (const p of procs.values()) p.kill('SIGKILL');
-  });
-  const sock = (h: TestHost) => join(dir, `${h.index}.sock`);
-  // Namespaces a meshd creates carry the host's name, so the test net's teardown sweeps them.
-  const prefix = (h: TestHost) => `${h.name}-`;
-  const start = (h: TestHost) => {
-    const p = h.spawn(
-      process.execPath,
-      [
-        meshd,
-        '--node-name',
-        `h${h.index}`,
-        '--advertise-addr',
-        h.addr,
-        '--listen-addr',
-        `${h.addr}:2377`,
-        '--data-dir',
-        join(dir, `data${h.index}`),
-        '--socket',
-        sock(h),
-        '--netns-prefix',
-        prefix(h),
-      ],
-      { stdio: 'ignore' },
-    );
-    procs.set(h.index, p);
-  };
-  const ctl = (h: TestHost, ...args: string[]) =>
-    spawnSync(process.execPath, [meshctl, '--host', sock(h), ...args], {
-      encoding: 'utf8',
-      timeout: 60_000,
-    });
-  const ok = (h: TestHost, ...args: string[]) => {
-    const r = ctl(h, ...args);
-    if (r.status !== 0) throw new Error(`meshctl ${args.join(' ')} on h${h.index}: ${r.stderr}`);
-    return r.stdout;
-  };
-  const until = async <T>(what: string, f: () => T | undefined | false, ms = 20_000) => {
-    const end = Date.now() + ms;
-    for (;;) {
-      const v = f();
-      if (v) return v;
-      if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  };
+  const mh = new MeshHosts(dir);
+  t.teardown(() => mh.killAll());
+  const procs = mh.procs;
+  const prefix = (h: TestHost) => mh.prefix(h);
+  const start = (h: TestHost) => mh.start(h);
+  const ctl = (h: TestHost, ...args: string[]) => mh.ctl(h, ...args);
+  const ok = (h: TestHost, ...args: string[]) => mh.ok(h, ...args);
   const ps = (h: TestHost) => JSON.parse(ok(h, 'ps', '--json')) as TaskView[];
   const ping = (h: TestHost, task: TaskView, ip: string) =>
     spawnSync('ip', ['netns', 'exec', task.netns, 'ping', '-c1', '-W1', ip], { encoding: 'utf8' })
@@ -108,7 +63,7 @@ t.test('overlay networks between namespaced hosts', async (t) => {
   // A crashed earlier run left an overlay namespace behind on h2: it must go when the agent starts.
   netnsCreate(`${prefix(h2)}mesh-ov-9999`).close();
   for (const h of net.hosts) start(h);
-  await until('API sockets', () => net.hosts.every((h) => ctl(h, 'version').status === 0));
+  await until('API sockets', () => mh.ready(net.hosts));
   ok(h1, 'cluster', 'init');
   const token = ok(h1, 'cluster', 'join-token', 'worker', '-q').trim();
   ok(h2, 'cluster', 'join', '--token', token, h1.addr);

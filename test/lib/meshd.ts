@@ -1,0 +1,93 @@
+/**
+ * Real meshd processes on namespaced test hosts, and meshctl against them: what the end-to-end
+ * tests, the demo and the benchmarks share. Each host's meshd gets its own data dir, socket and
+ * --netns-prefix `<host name>-` (so the test net's teardown also sweeps the namespaces it makes),
+ * and is started with setns only (host.spawn), never `ip netns exec` (see docs/daemon.md).
+ */
+import { spawnSync, type ChildProcess } from 'node:child_process';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { TestHost } from './testnet.js';
+
+const root = fileURLToPath(new URL('../../../', import.meta.url));
+export const MESHD = `${root}dist/src/daemon/main.js`;
+export const MESHCTL = `${root}dist/src/cli/main.js`;
+
+export class MeshHosts {
+  readonly procs = new Map<number, ChildProcess>();
+
+  /** `dir` holds every host's data dir and socket. */
+  constructor(readonly dir: string) {}
+
+  sock(h: TestHost): string {
+    return join(this.dir, `${h.index}.sock`);
+  }
+
+  prefix(h: TestHost): string {
+    return `${h.name}-`;
+  }
+
+  /** Start (or restart) h's meshd; it listens for managers on h's address, port 2377. */
+  start(h: TestHost, extra: string[] = []): ChildProcess {
+    const p = h.spawn(
+      process.execPath,
+      [
+        MESHD,
+        '--node-name',
+        `h${h.index}`,
+        '--advertise-addr',
+        h.addr,
+        '--listen-addr',
+        `${h.addr}:2377`,
+        '--data-dir',
+        join(this.dir, `data${h.index}`),
+        '--socket',
+        this.sock(h),
+        '--netns-prefix',
+        this.prefix(h),
+        ...extra,
+      ],
+      { stdio: 'ignore' },
+    );
+    this.procs.set(h.index, p);
+    return p;
+  }
+
+  ctl(h: TestHost, ...args: string[]) {
+    return spawnSync(process.execPath, [MESHCTL, '--host', this.sock(h), ...args], {
+      encoding: 'utf8',
+      timeout: 60_000,
+    });
+  }
+
+  /** meshctl that must succeed; its stdout. */
+  ok(h: TestHost, ...args: string[]): string {
+    const r = this.ctl(h, ...args);
+    if (r.status !== 0) throw new Error(`meshctl ${args.join(' ')} on h${h.index}: ${r.stderr}`);
+    return r.stdout;
+  }
+
+  /** Every host's API answers. */
+  ready(hosts: readonly TestHost[]): boolean {
+    return hosts.every((h) => this.ctl(h, 'version').status === 0);
+  }
+
+  killAll(): void {
+    for (const p of this.procs.values()) p.kill('SIGKILL');
+  }
+}
+
+/** Poll `f` (bounded) until it gives something truthy; throws naming `what` on time-out. */
+export async function until<T>(
+  what: string,
+  f: () => T | undefined | false | null,
+  ms = 20_000,
+): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = f();
+    if (v) return v;
+    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
