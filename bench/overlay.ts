@@ -50,11 +50,11 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { call } from '../src/cli/client.js';
 import { netnsOpen, spawnInNetns } from '../src/netlink/index.js';
+import { meshdArgs } from '../test/lib/meshd.js';
 import { TestNet, type TestHost } from '../test/lib/testnet.js';
 import { buildHandVxlan, diffLinks, iperf, linkDetails, run } from './lib/overlay-kernel.js';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
-const MESHD = `${root}dist/src/daemon/main.js`;
 const MESHCTL = `${root}dist/src/cli/main.js`;
 const NET = 'bench';
 const HAND = { vni: 5000, port: 4790, net: '10.9.0' };
@@ -146,22 +146,7 @@ class Cluster {
       try {
         const p = h.spawn(
           process.execPath,
-          [
-            MESHD,
-            '--node-name',
-            `h${h.index}`,
-            '--advertise-addr',
-            h.addr,
-            '--listen-addr',
-            `${h.addr}:2377`,
-            '--data-dir',
-            join(this.dir, `data${h.index}`),
-            '--socket',
-            this.sock(h),
-            // Namespaces a meshd creates carry the host's name: the test net's teardown sweeps them.
-            '--netns-prefix',
-            `${h.name}-`,
-          ],
+          meshdArgs(h, join(this.dir, `data${h.index}`), this.sock(h)),
           { stdio: ['ignore', 'ignore', log] },
         );
         this.procs.set(h.index, p);

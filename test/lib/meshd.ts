@@ -13,6 +13,32 @@ const root = fileURLToPath(new URL('../../../', import.meta.url));
 export const MESHD = `${root}dist/src/daemon/main.js`;
 export const MESHCTL = `${root}dist/src/cli/main.js`;
 
+/** meshd's command line for host `h` (after `node`). */
+export function meshdArgs(
+  h: TestHost,
+  dataDir: string,
+  sock: string,
+  extra: string[] = [],
+): string[] {
+  return [
+    MESHD,
+    '--node-name',
+    `h${h.index}`,
+    '--advertise-addr',
+    h.addr,
+    '--listen-addr',
+    `${h.addr}:2377`,
+    '--data-dir',
+    dataDir,
+    '--socket',
+    sock,
+    // Namespaces a meshd creates carry the host's name: the test net's teardown sweeps them.
+    '--netns-prefix',
+    `${h.name}-`,
+    ...extra,
+  ];
+}
+
 export class MeshHosts {
   readonly procs = new Map<number, ChildProcess>();
 
@@ -28,26 +54,11 @@ export class MeshHosts {
   }
 
   /** Start (or restart) h's meshd; it listens for managers on h's address, port 2377. */
-  start(h: TestHost, extra: string[] = []): ChildProcess {
+  start(h: TestHost, extra: string[] = [], stderr: 'ignore' | number = 'ignore'): ChildProcess {
     const p = h.spawn(
       process.execPath,
-      [
-        MESHD,
-        '--node-name',
-        `h${h.index}`,
-        '--advertise-addr',
-        h.addr,
-        '--listen-addr',
-        `${h.addr}:2377`,
-        '--data-dir',
-        join(this.dir, `data${h.index}`),
-        '--socket',
-        this.sock(h),
-        '--netns-prefix',
-        this.prefix(h),
-        ...extra,
-      ],
-      { stdio: 'ignore' },
+      meshdArgs(h, join(this.dir, `data${h.index}`), this.sock(h), extra),
+      { stdio: ['ignore', 'ignore', stderr] },
     );
     this.procs.set(h.index, p);
     return p;
