@@ -13,6 +13,7 @@ import { connect, constants as h2, type ClientHttp2Session } from 'node:http2';
 import { join } from 'node:path';
 import type { TestHost } from '../../test/lib/testnet.js';
 import type { BenchCluster, HttpReply, LoadWorker, Target } from './load.js';
+import { stopProcs } from './proc.js';
 
 export const ETCD = '/usr/bin/etcd';
 const CLIENT_PORT = 2379;
@@ -258,15 +259,6 @@ export class EtcdCluster implements BenchCluster {
   }
 
   async stop(): Promise<void> {
-    await Promise.all(
-      this.procs.map(async (p) => {
-        if (!p || p.exitCode !== null || p.signalCode !== null) return;
-        const gone = new Promise<void>((r) => p.once('exit', () => r()));
-        p.kill('SIGTERM');
-        const t = setTimeout(() => p.kill('SIGKILL'), 5000);
-        await gone;
-        clearTimeout(t);
-      }),
-    );
+    await stopProcs(this.procs);
   }
 }

@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { TestHost } from '../../test/lib/testnet.js';
 import type { BenchCluster, HttpReply, LoadWorker, Target } from './load.js';
+import { stopProcs } from './proc.js';
 
 const root = fileURLToPath(new URL('../../../', import.meta.url));
 const MESHD = `${root}dist/src/daemon/main.js`;
@@ -212,15 +213,6 @@ export class MeshCluster implements BenchCluster {
   }
 
   async stop(): Promise<void> {
-    await Promise.all(
-      this.procs.map(async (p) => {
-        if (!p || p.exitCode !== null || p.signalCode !== null) return;
-        const gone = new Promise<void>((r) => p.once('exit', () => r()));
-        p.kill('SIGTERM');
-        const t = setTimeout(() => p.kill('SIGKILL'), 5000);
-        await gone;
-        clearTimeout(t);
-      }),
-    );
+    await stopProcs(this.procs);
   }
 }
