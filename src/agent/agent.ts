@@ -15,6 +15,7 @@
 import { writeFileSync, readFileSync, renameSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Network } from '../manager/objects.js';
+import type { NetworkInfo } from '../manager/service-types.js';
 import { newNodeId } from '../manager/identity.js';
 import { netnsOpen, withNetns } from '../netlink/index.js';
 import { OverlayDriver, type Peer } from '../overlay/index.js';
@@ -67,6 +68,9 @@ interface Attachment {
 interface TaskRecord {
   id: string;
   name: string;
+  /** Service tasks: addresses come with the assignment and go back when the managers delete
+   *  the task, so the agent never calls network.attach/detach for them. */
+  serviceId?: string;
   attachments: Attachment[];
   /** Address on mesh_gwbridge (egress), if the task has one. */
   gatewayIp?: string;
@@ -91,7 +95,24 @@ export interface RunSpec {
 }
 
 export interface TaskView extends TaskInfo {
-  networks: { network: string; address: string; ifname: string }[];
+  networks: { network: string; networkId: string; address: string; ifname: string }[];
+  serviceId?: string;
+  /** Address on mesh_gwbridge (egress, host-mode ports), if any. */
+  gatewayIp?: string;
+}
+
+/** A service task as the dispatcher assigns it: addresses are already allocated. */
+export interface ServiceTaskSpec {
+  id: string;
+  name: string;
+  serviceId: string;
+  cmd: string[];
+  env: Record<string, string>;
+  attachments: { net: NetworkInfo; address: string }[];
+  /** The task's /etc/resolv.conf (embedded DNS). */
+  resolvConf?: string;
+  /** Runs once the namespace is attached, before the process starts (the task's DNS server). */
+  beforeStart?: (netnsPath: string) => Promise<void>;
 }
 
 export interface AgentOptions {
@@ -106,11 +127,15 @@ export interface AgentOptions {
   reconcileMs?: number;
 }
 
-/** 10.255.0.0/16: .1 is the bridge; tasks get .2 … .65534 serially. */
+/** 10.255.0.0/16: .1 is the bridge; tasks get .2 … .65533 serially. */
 const GW_BASE = (10 << 24) | (255 << 16);
+/** The node's ingress namespace's address on mesh_gwbridge (src/lb/mesh.ts); never a task's. */
+export const INGRESS_GATEWAY_IP = '10.255.255.254';
 
 export class Agent {
-  private readonly overlay: OverlayDriver;
+  readonly overlay: OverlayDriver;
+  /** Users of a network other than tasks (load-balancer and ingress namespaces): net → users. */
+  private readonly extraUsers = new Map<string, Set<string>>();
   private state: AgentState;
   private readonly statePath: string;
   private readonly unwatch: () => void;
@@ -178,6 +203,7 @@ export class Agent {
   private networksInUse(): Set<string> {
     const s = new Set<string>();
     for (const t of this.state.tasks) for (const a of t.attachments) s.add(a.networkId);
+    for (const [id, users] of this.extraUsers) if (users.size > 0) s.add(id);
     return s;
   }
 
@@ -270,7 +296,7 @@ export class Agent {
     for (let i = 0; i < 65533; i++) {
       n = n >= 65534 ? 2 : n + 1;
       const ip = intToIp(GW_BASE + n);
-      if ((n & 0xff) !== 0 && (n & 0xff) !== 255 && !used.has(ip)) {
+      if ((n & 0xff) !== 0 && (n & 0xff) !== 255 && !used.has(ip) && ip !== INGRESS_GATEWAY_IP) {
         this.state.lastGatewayIp = n;
         return ip;
       }
@@ -357,7 +383,142 @@ export class Agent {
   }
 
   private countUsers(netId: string): number {
-    return this.state.tasks.filter((t) => t.attachments.some((a) => a.networkId === netId)).length;
+    return (
+      this.state.tasks.filter((t) => t.attachments.some((a) => a.networkId === netId)).length +
+      (this.extraUsers.get(netId)?.size ?? 0)
+    );
+  }
+
+  /**
+   * Run a service task with the addresses its assignment carries: namespace, attachments,
+   * gateway, then the process. On failure everything local is undone and the error thrown.
+   */
+  async runService(spec: ServiceTaskSpec): Promise<TaskView> {
+    if (this.state.tasks.some((t) => t.id === spec.id)) return this.view(spec.id);
+    const info = await this.runtime.create({
+      id: spec.id,
+      name: spec.name,
+      cmd: spec.cmd,
+      env: spec.env,
+      ...(spec.resolvConf !== undefined ? { resolvConf: spec.resolvConf } : {}),
+    });
+    const rec: TaskRecord = {
+      id: spec.id,
+      name: spec.name,
+      serviceId: spec.serviceId,
+      attachments: [],
+      autoRemove: false,
+    };
+    this.state.tasks.push(rec);
+    this.save();
+    try {
+      for (const [i, a] of spec.attachments.entries()) {
+        const net = netRecordFromInfo(a.net);
+        this.state.networks[net.id] = net;
+        const at: Attachment = { networkId: net.id, address: a.address, ifname: `eth${i}` };
+        rec.attachments.push(at);
+        this.save();
+        const first = this.countUsers(net.id) === 1;
+        await this.overlay.ensureNetwork(net);
+        if (first) this.opts.tables.joinNetwork(net.id);
+        const res = await this.overlay.attach(net.vni, {
+          taskNs: info.netnsPath,
+          ifname: at.ifname,
+          ip: a.address,
+        });
+        at.mac = res.mac;
+        fastArpRetry(info.netnsPath, res.ifname);
+        this.save();
+        this.publish(rec, at);
+        this.schedulePeers(net.id);
+      }
+      if (rec.attachments.some((a) => !this.state.networks[a.networkId]?.internal)) {
+        rec.gatewayIp = this.nextGatewayIp();
+        this.save();
+        await this.overlay.attachGateway(info.netnsPath, `${rec.gatewayIp}/16`);
+      }
+      if (spec.beforeStart) await spec.beforeStart(info.netnsPath);
+      await this.runtime.start(spec.id);
+    } catch (e) {
+      log.warn('service task failed to start; cleaning up', { task: spec.name, err: e });
+      await this.remove(spec.id).catch((err: unknown) =>
+        log.warn('clean-up after a failed start failed', { task: spec.id, err }),
+      );
+      throw e;
+    }
+    return this.view(spec.id);
+  }
+
+  /** Whether a task with this id exists on this node. */
+  has(id: string): boolean {
+    return this.state.tasks.some((t) => t.id === id);
+  }
+
+  /** Stop a task's process (SIGTERM, SIGKILL after graceMs); its namespace stays. */
+  async stop(ref: string, graceMs: number): Promise<void> {
+    const rec = this.find(ref);
+    for (const at of rec.attachments) {
+      try {
+        this.opts.tables.deleteEntry(
+          PEER_TABLE,
+          at.networkId,
+          this.endpointKey(rec.id, at.networkId),
+        );
+      } catch {
+        // not published
+      }
+    }
+    if (this.runtime.get(rec.id)?.state === 'running') await this.runtime.stop(rec.id, { graceMs });
+  }
+
+  /**
+   * Hold network `net` for a user other than a task (a load-balancer namespace): the overlay
+   * exists and this node is in its peer table while any user holds it.
+   */
+  async useNetwork(info: NetworkInfo, user: string): Promise<void> {
+    const net = netRecordFromInfo(info);
+    this.state.networks[net.id] = { ...this.state.networks[net.id], ...net };
+    let users = this.extraUsers.get(net.id);
+    if (!users) {
+      users = new Set();
+      this.extraUsers.set(net.id, users);
+    }
+    if (users.has(user)) return;
+    const first = this.countUsers(net.id) === 0;
+    users.add(user);
+    this.save();
+    await this.overlay.ensureNetwork(net);
+    if (first) this.opts.tables.joinNetwork(net.id);
+    this.schedulePeers(net.id);
+  }
+
+  async unuseNetwork(netId: string, user: string): Promise<void> {
+    const users = this.extraUsers.get(netId);
+    if (!users?.delete(user)) return;
+    if (this.countUsers(netId) > 0) return;
+    const net = this.state.networks[netId];
+    this.opts.tables.leaveNetwork(netId);
+    if (net) await this.overlay.removeNetwork(net.vni).catch(() => undefined);
+    delete this.state.networks[netId];
+    this.save();
+  }
+
+  /** Publish a non-task endpoint (a load-balancer namespace) in a network's peer table. */
+  publishEndpoint(netId: string, key: string, ip: string, mac: string): void {
+    const value = Buffer.from(JSON.stringify({ ip, mac, vtep: this.opts.vtep }));
+    const cur = this.opts.tables.getEntry(PEER_TABLE, netId, key) as
+      { value?: Uint8Array } | undefined;
+    if (cur && cur.value && Buffer.from(cur.value).equals(value)) return;
+    if (cur) this.opts.tables.updateEntry(PEER_TABLE, netId, key, value);
+    else this.opts.tables.createEntry(PEER_TABLE, netId, key, value);
+  }
+
+  unpublishEndpoint(netId: string, key: string): void {
+    try {
+      this.opts.tables.deleteEntry(PEER_TABLE, netId, key);
+    } catch {
+      // not published
+    }
   }
 
   /** Stop and remove a task: out of the peer tables first, then the kernel, then the address. */
@@ -392,7 +553,7 @@ export class Agent {
     }
     if (rec.gatewayIp && info)
       await this.overlay.detachGateway(info.netnsPath).catch(() => undefined);
-    if (rec.attachments.length > 0) {
+    if (rec.attachments.length > 0 && rec.serviceId === undefined) {
       await this.opts.manager('network.detach', { taskId: rec.id }).catch((e: unknown) => {
         log.warn(
           "could not release the task's addresses; they stay allocated until it is removed again",
@@ -442,9 +603,12 @@ export class Agent {
       ...info,
       networks: rec.attachments.map((a) => ({
         network: this.state.networks[a.networkId]?.name ?? a.networkId,
+        networkId: a.networkId,
         address: a.address,
         ifname: a.ifname,
       })),
+      ...(rec.serviceId !== undefined ? { serviceId: rec.serviceId } : {}),
+      ...(rec.gatewayIp !== undefined ? { gatewayIp: rec.gatewayIp } : {}),
     };
   }
 
@@ -531,6 +695,18 @@ function toNetRecord(n: Network): NetRecord {
     ...(n.options.mtu !== undefined ? { mtu: n.options.mtu } : {}),
     internal: n.options.internal,
     encrypted: n.options.encrypted,
+  };
+}
+
+function netRecordFromInfo(n: NetworkInfo): NetRecord {
+  return {
+    id: n.id,
+    name: n.name,
+    vni: n.vni,
+    subnets: n.subnets.map((s) => ({ subnet: s.subnet, gateway: s.gateway })),
+    ...(n.mtu !== undefined ? { mtu: n.mtu } : {}),
+    internal: n.internal,
+    encrypted: n.encrypted,
   };
 }
 

@@ -33,6 +33,7 @@ import {
   renameSync,
   statSync,
   unlinkSync,
+  writeFileSync,
   writeSync,
 } from 'node:fs';
 import { constants as osConstants } from 'node:os';
@@ -66,6 +67,12 @@ export interface TaskSpec {
   env?: Record<string, string>;
   /** @default '/' */
   cwd?: string;
+  /**
+   * Contents of the task's /etc/resolv.conf (services: the embedded DNS at 127.0.0.11). When
+   * set, the task gets a private mount namespace with this file bound over /etc/resolv.conf,
+   * the way `ip netns exec` binds /etc/netns/NAME/resolv.conf.
+   */
+  resolvConf?: string;
 }
 
 export interface TaskInfo {
@@ -124,6 +131,8 @@ interface TaskRecord {
   env: Record<string, string>;
   cwd: string;
   netns: string;
+  /** See TaskSpec.resolvConf. */
+  resolvConf?: string;
   state: TaskState;
   pid?: number;
   /** /proc/<pid>/stat field 22 of `pid`, the identity check on adoption and before signals. */
@@ -235,6 +244,7 @@ export class TaskRuntime {
           env: { ...(spec.env ?? {}) },
           cwd: spec.cwd ?? '/',
           netns,
+          ...(spec.resolvConf !== undefined ? { resolvConf: spec.resolvConf } : {}),
           state: 'created',
           restarts: 0,
         };
@@ -274,8 +284,26 @@ export class TaskRuntime {
           `${what}: namespace ${rec.netns} is gone (deleted by hand, or the host rebooted); remove the task and create it again`,
         );
       }
-      const [cmd, ...args] = rec.cmd;
+      let [cmd, ...args] = rec.cmd;
       if (cmd === undefined) throw new MeshError('EINTERNAL', `${what}: empty command`);
+      if (rec.resolvConf !== undefined) {
+        // unshare(1) and sh exec in place, so the pid we record is the task's own.
+        const file = join(this.stateDir, `${id}.resolv.conf`);
+        writeFileSync(file, rec.resolvConf, { mode: 0o644 });
+        args = [
+          '--mount',
+          '--propagation',
+          'private',
+          '--',
+          '/bin/sh',
+          '-c',
+          'mount --bind "$0" /etc/resolv.conf && exec "$@"',
+          file,
+          cmd,
+          ...args,
+        ];
+        cmd = 'unshare';
+      }
       const logFd = openSync(this.logPath(id), 'a', 0o600);
       let child: ChildProcess;
       try {
@@ -352,10 +380,12 @@ export class TaskRuntime {
       const task = this.must(id, 'remove');
       await this.stopLocked(task, graceMs);
       this.destroyNetns(task.rec.netns);
-      try {
-        unlinkSync(this.logPath(id));
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+      for (const f of [this.logPath(id), join(this.stateDir, `${id}.resolv.conf`)]) {
+        try {
+          unlinkSync(f);
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+        }
       }
       this.tasks.delete(id);
       this.save();

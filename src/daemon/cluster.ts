@@ -381,7 +381,7 @@ export class ClusterRole {
   }
 
   /** RPC to the managers for other roles (the agent): same as the heartbeat's path. */
-  managerRpc(method: string, params: unknown): Promise<unknown> {
+  managerRpc(method: string, params: unknown, timeoutMs?: number): Promise<unknown> {
     if (!this.inCluster) {
       return Promise.reject(
         new MeshError(
@@ -390,11 +390,15 @@ export class ClusterRole {
         ),
       );
     }
-    return this.callManager(method, params);
+    return this.callManager(method, params, timeoutMs);
   }
 
   /** Call a manager with this node's certificate; follows ENOTLEADER redirects once. */
-  private async callManager(method: string, params: unknown): Promise<unknown> {
+  private async callManager(
+    method: string,
+    params: unknown,
+    timeoutMs = RPC_TIMEOUT_MS,
+  ): Promise<unknown> {
     const st = this.state!;
     const creds = this.creds!;
     const candidates = [
@@ -419,9 +423,17 @@ export class ClusterRole {
           });
           this.rpc = { addr, client };
         }
-        return await this.rpc.client.call(method, params, RPC_TIMEOUT_MS);
+        return await this.rpc.client.call(method, params, timeoutMs);
       } catch (e) {
         lastErr = e;
+        // The manager answered with a refusal of its own: the connection is fine and another
+        // manager would say the same. Only transport trouble and redirects move on.
+        if (
+          e instanceof MeshError &&
+          !['ECONN', 'ETIMEDOUT', 'EWIRE', 'ENOTLEADER', 'EUNAVAILABLE', 'EAUTH'].includes(e.code)
+        ) {
+          throw e;
+        }
         this.closeRpc();
         const m =
           e instanceof MeshError && e.code === 'ENOTLEADER'

@@ -66,8 +66,10 @@ export interface ManagerOptions {
   onRemoved?: () => void;
 }
 
-/** Heartbeat period agents use, and the leader's down threshold (3 periods). */
+/** Heartbeat period agents use (the leader marks a node down after DOWN_AFTER_PERIODS of them). */
 export const DEFAULT_HEARTBEAT_MS = 2000;
+/** Heartbeat periods of silence after which the leader marks a node down. */
+export const DOWN_AFTER_PERIODS = 2.5;
 
 export interface JoinRequest {
   token: string;
@@ -838,7 +840,9 @@ export class Manager {
     for (const n of this.store.list('node')) {
       if (n.status.state !== 'ready') continue;
       const seen = this.lastSeen.get(n.id) ?? this.leaderAt;
-      if (now - seen > 3 * period) {
+      // 2.5 periods: down within 5 s of the last heartbeat at the default 2 s (issue 6 asks
+      // for ≤ 6 s; Swarm takes 15 s), yet one late heartbeat is not enough.
+      if (now - seen > DOWN_AFTER_PERIODS * period) {
         log.warn('node missed heartbeats; marking it down', { node: n.id, silentMs: now - seen });
         await this.commit([
           {
