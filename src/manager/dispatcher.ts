@@ -64,6 +64,9 @@ export interface ViewDiff {
 export const MAX_WAIT_MS = 10_000;
 /** Store changes within this long wake the long polls once. */
 const DEBOUNCE_MS = 10;
+const MAX_DEBOUNCE_MS = 200;
+/** How often a manager with pending polls checks it is still the leader. */
+const LEADER_CHECK_MS = 500;
 /** A node that polled within this long counts as connected (polls end every ≤ 10 s). */
 const CONNECTED_MS = 12_000;
 const MAX_LB_WAIT_MS = 60_000;
@@ -163,21 +166,42 @@ export function serviceTable(store: Store): ServiceEntry[] {
   return out;
 }
 
+/** What every node's view is computed from; the same for all nodes at one store state. */
+export interface ViewShared {
+  services: ServiceEntry[];
+  /** Tasks per node id, sorted by id. */
+  tasksByNode: Map<string, Task[]>;
+}
+
+export function viewShared(
+  store: Store,
+  services: ServiceEntry[] = serviceTable(store),
+): ViewShared {
+  const tasksByNode = new Map<string, Task[]>();
+  for (const t of store.list('task')) {
+    if (t.nodeId === undefined) continue;
+    const l = tasksByNode.get(t.nodeId);
+    if (l === undefined) tasksByNode.set(t.nodeId, [t]);
+    else l.push(t);
+  }
+  return { services, tasksByNode };
+}
+
 /**
  * What node `nodeId` is told. Tasks: its service tasks except those both terminal and desired
  * shutdown (a terminal task still desired running is listed so the agent sees the managers'
  * verdict); standalone tasks (`meshctl run`, no service) are the node's own business. Networks:
  * those its tasks are attached to, plus the ingress network, each with the node's LB address
- * when allocated. Services: the whole service table (pass `services` to share one computed
- * for many nodes). Everything sorted by id, so equal stores give equal views. Pure.
+ * when allocated. Services: the whole service table. `shared` (from viewShared) saves
+ * recomputing the parts common to all nodes when computing many views of one store state. Everything sorted by id, so equal stores give equal views. Pure.
  */
-export function nodeView(
-  store: Store,
-  nodeId: string,
-  services: ServiceEntry[] = serviceTable(store),
-): NodeView {
+export function nodeView(store: Store, nodeId: string, shared?: ViewShared): NodeView {
+  const services = shared?.services ?? serviceTable(store);
+  const mine =
+    shared?.tasksByNode.get(nodeId) ??
+    (shared ? [] : store.list('task', (x) => x.nodeId === nodeId));
   const tasks: AssignedTask[] = [];
-  for (const t of store.list('task', (x) => x.nodeId === nodeId)) {
+  for (const t of mine) {
     const r = taskRecordOf(t);
     if (r === null || t.serviceId === undefined) continue;
     if (isTerminal(t.state) && r.desiredState === 'shutdown') continue;
@@ -338,6 +362,9 @@ export class Dispatcher {
   private queue: Queued[] = [];
   private committing = false;
   private wakeTimer: ReturnType<typeof setTimeout> | undefined;
+  private leaderTimer: ReturnType<typeof setInterval> | undefined;
+  private wakeCostMs = 0;
+  private lastTable = new Map<string, { entry: ServiceEntry; json: string }>();
   private unwatch: (() => void) | undefined;
   private closed = false;
   private logSeq = 0;
@@ -373,7 +400,11 @@ export class Dispatcher {
     ns.seenAt = this.host.now();
     if (ns.poll !== undefined) this.endPoll(ns, this.emptyReply(ns));
 
-    const view = nodeView(this.host.store, nodeId);
+    const view = nodeView(
+      this.host.store,
+      nodeId,
+      viewShared(this.host.store, this.internedTable()),
+    );
     const version = this.host.appliedIndex();
     const s = ns.session;
     if (p.since === null || s === undefined || p.since !== s.version) {
@@ -399,6 +430,7 @@ export class Dispatcher {
         }, waitMs),
       };
       ns.poll = poll;
+      this.watchLeadership();
     });
   }
 
@@ -572,6 +604,7 @@ export class Dispatcher {
     this.unwatch?.();
     this.unwatch = undefined;
     if (this.wakeTimer !== undefined) clearTimeout(this.wakeTimer);
+    if (this.leaderTimer !== undefined) clearInterval(this.leaderTimer);
     this.dropAll(unavailable('dispatcher'));
     for (const q of this.queue) q.reject(unavailable('task status'));
     this.queue = [];
@@ -625,12 +658,33 @@ export class Dispatcher {
     poll.resolve(reply);
   }
 
+  /**
+   * While polls are pending, notice a lost leadership even if no entry changes the store (a new
+   * leader's first entry is an empty no-op): the agents should move on at once, not after 10 s.
+   */
+  private watchLeadership(): void {
+    if (this.leaderTimer !== undefined) return;
+    this.leaderTimer = setInterval(() => {
+      if (!this.host.isLeader()) this.dropAll(unavailable('dispatcher'));
+      if ([...this.nodes.values()].every((ns) => ns.poll === undefined)) {
+        clearInterval(this.leaderTimer);
+        this.leaderTimer = undefined;
+      }
+    }, LEADER_CHECK_MS);
+    this.leaderTimer.unref();
+  }
+
   private wakeSoon(): void {
     if (this.closed || this.wakeTimer !== undefined) return;
+    // A wake recomputes every session's view: under steady churn, leave the event loop at
+    // least twice its cost for everything else.
+    const delay = Math.min(Math.max(DEBOUNCE_MS, 2 * this.wakeCostMs), MAX_DEBOUNCE_MS);
     this.wakeTimer = setTimeout(() => {
       this.wakeTimer = undefined;
+      const start = this.host.now();
       this.wake();
-    }, DEBOUNCE_MS);
+      this.wakeCostMs = this.host.now() - start;
+    }, delay);
   }
 
   /** After store changes: send changed views to waiting polls, note unchanged ones as current. */
@@ -641,7 +695,7 @@ export class Dispatcher {
       return;
     }
     const version = this.host.appliedIndex();
-    let table: ServiceEntry[] | undefined;
+    let shared: ViewShared | undefined;
     for (const [nodeId, ns] of this.nodes) {
       const s = ns.session;
       if (s === undefined) continue;
@@ -655,8 +709,8 @@ export class Dispatcher {
         this.nodes.delete(nodeId);
         continue;
       }
-      table ??= serviceTable(this.host.store);
-      const view = nodeView(this.host.store, nodeId, table);
+      shared ??= viewShared(this.host.store, this.internedTable());
+      const view = nodeView(this.host.store, nodeId, shared);
       const d = diffView(s.view, view);
       if (d === null) {
         s.validThrough = Math.max(s.validThrough, version);
@@ -672,6 +726,23 @@ export class Dispatcher {
       }
     }
     this.checkWaiters();
+  }
+
+  /**
+   * The service table, reusing the previous one's entry objects for services that did not
+   * change, so comparing them with what sessions hold is mostly a reference check.
+   */
+  private internedTable(): ServiceEntry[] {
+    const next = new Map<string, { entry: ServiceEntry; json: string }>();
+    const out = serviceTable(this.host.store).map((e) => {
+      const json = JSON.stringify(e);
+      const old = this.lastTable.get(e.id);
+      const entry = old !== undefined && old.json === json ? old.entry : e;
+      next.set(e.id, { entry, json });
+      return entry;
+    });
+    this.lastTable = next;
+    return out;
   }
 
   /** Ready nodes that must apply `version` and have not (hostnames, sorted). */

@@ -10,6 +10,7 @@ import {
   Dispatcher,
   diffView,
   nodeView,
+  viewShared,
   type DispatcherHost,
 } from '../../src/manager/dispatcher.js';
 import type { Json, TaskState } from '../../src/manager/objects.js';
@@ -276,6 +277,9 @@ t.test('nodeView: tasks, networks with lbAddr, services with endpoint states', a
     ],
   );
   t.same(nodeView(h.store, 'n1'), nodeView(Store.restore(h.store.snapshot()), 'n1'), 'pure');
+  for (const n of ['n1', 'n2', 'n9']) {
+    t.same(nodeView(h.store, n, viewShared(h.store)), nodeView(h.store, n), `shared parts: ${n}`);
+  }
 });
 
 t.test('diffView: upserts, removals, null when equal', async (t) => {
@@ -575,5 +579,14 @@ t.test(
       { code: 'EUNAVAILABLE' },
       'lost leadership: the agent goes to the new leader',
     );
+
+    // Leadership lost without any store change: noticed by the 500 ms check.
+    h.leader = true;
+    const v3 = (await d2.assignments('n1', { since: null })).version;
+    const poll3 = d2.assignments('n1', { since: v3, waitMs: 5000 });
+    const t0 = Date.now();
+    h.leader = false;
+    await t.rejects(poll3, { code: 'EUNAVAILABLE' });
+    t.ok(Date.now() - t0 < 1500, `noticed after ${Date.now() - t0} ms`);
   },
 );
