@@ -675,7 +675,8 @@ export class Dispatcher {
   }
 
   private wakeSoon(): void {
-    if (this.closed || this.wakeTimer !== undefined) return;
+    // Followers (and a leader no node polled yet) have nothing to wake.
+    if (this.closed || this.wakeTimer !== undefined || this.nodes.size === 0) return;
     // A wake recomputes every session's view: under steady churn, leave the event loop at
     // least twice its cost for everything else.
     const delay = Math.min(Math.max(DEBOUNCE_MS, 2 * this.wakeCostMs), MAX_DEBOUNCE_MS);
@@ -745,8 +746,8 @@ export class Dispatcher {
     return out;
   }
 
-  /** Ready nodes that must apply `version` and have not (hostnames, sorted). */
-  private laggards(version: number): string[] {
+  /** Nodes an lbWait waits for, with the view version each has applied (-1: none known). */
+  private mustApply(): { hostname: string; applied: number }[] {
     const store = this.host.store;
     const period =
       store.get('cluster', CLUSTER_ID)?.settings.heartbeatPeriodMs ?? DEFAULT_HEARTBEAT_MS;
@@ -757,21 +758,30 @@ export class Dispatcher {
         withTasks.add(t.nodeId);
       }
     }
-    const out: string[] = [];
+    const out: { hostname: string; applied: number }[] = [];
     for (const n of store.list('node')) {
       if (n.status.state !== 'ready') continue;
       const ns = this.nodes.get(n.id);
       const live = ns !== undefined && this.connected(ns, window);
       if (!live && !withTasks.has(n.id)) continue;
-      if (effectiveApplied(ns) < version) out.push(n.hostname);
+      out.push({ hostname: n.hostname, applied: effectiveApplied(ns) });
     }
-    return out.sort();
+    return out;
+  }
+
+  /** Hostnames (sorted) of nodes that must apply `version` and have not. */
+  private laggards(version: number, nodes = this.mustApply()): string[] {
+    return nodes
+      .filter((n) => n.applied < version)
+      .map((n) => n.hostname)
+      .sort();
   }
 
   private checkWaiters(): void {
     if (this.waiters.size === 0) return;
+    const nodes = this.mustApply();
     for (const w of [...this.waiters]) {
-      if (this.laggards(w.version).length > 0) continue;
+      if (this.laggards(w.version, nodes).length > 0) continue;
       this.waiters.delete(w);
       clearTimeout(w.timer);
       w.resolve({ waitedMs: this.host.now() - w.start, pending: [] });

@@ -481,7 +481,8 @@ t.test('status: batched forward-only commits, EAUTH for tasks of other nodes', a
 
 t.test('lbWait: resolves when every node applied the version, else lists laggards', async (t) => {
   const h = setup();
-  h.must([node('n3', 'down')]); // not ready: never waited for
+  // Not ready: never waited for, even with a task.
+  h.must([node('n3', 'down'), task('t7', 'n3', 'running', taskRecord({ a: '10.0.1.50/24' }))]);
   const d = new Dispatcher(h);
   t.teardown(() => d.close());
   const v1 = (await d.assignments('n1', { since: null })).version;
@@ -516,12 +517,13 @@ t.test('lbWait: resolves when every node applied the version, else lists laggard
   const r2 = await w2;
   t.same(r2.pending, [], 'n2 (view unchanged since x) is not a laggard');
 
-  // Timeout: n2 never applies z.
+  // Timeout: n2 never applies z; n4 (ready, a task, never polled) has applied nothing.
+  h.must([node('n4'), task('t8', 'n4', 'assigned', taskRecord({ a: '10.0.1.60/24' }))]);
   const z = h.must([taskOp(h, 't2', (r) => ({ ...r, desiredState: 'shutdown' }))]);
   await d.assignments('n1', { since: y, waitMs: 2000 });
   await d.status('n1', { updates: [], lbApplied: z });
   const r3 = await d.lbWait('n2', { version: z, timeoutMs: 80 });
-  t.same(r3.pending, ['host-n2']);
+  t.same(r3.pending, ['host-n2', 'host-n4']);
   t.ok(r3.waitedMs >= 75, `timed out after ${r3.waitedMs} ms`);
 });
 
