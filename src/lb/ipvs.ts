@@ -269,7 +269,9 @@ export function markRulesScript(
 ): string {
   const rules = services.map((s) => {
     const dst = s.vip ? `ip daddr ${s.vip}` : 'fib daddr type local';
-    return `    ${dst} ${s.protocol} dport ${s.port} meta mark set 0x${s.fwmark.toString(16)}`;
+    // Port 0 = every port of the front end (the destinations' port 0 keeps the packet's).
+    const ports = s.port === 0 ? `meta l4proto ${s.protocol}` : `${s.protocol} dport ${s.port}`;
+    return `    ${dst} ${ports} meta mark set 0x${s.fwmark.toString(16)}`;
   });
   const body = rules.join('\n');
   // "table …; delete table …" first: a delete of a missing table would fail the transaction.

@@ -92,7 +92,7 @@ interface ServicePlan {
   hash: string;
   chain: string;
   /** `services` or `ingress` element key, in nft syntax. */
-  mapName: 'services' | 'ingress';
+  mapName: MapName;
   elemKey: string;
   timeoutObj?: { name: string; protocol: 'tcp' | 'udp'; policy: Record<string, number> };
   backends: BackendPlan[];
@@ -104,6 +104,9 @@ export interface Plan {
   services: ServicePlan[];
   marks: number[];
 }
+
+type MapName = 'services' | 'vips' | 'ingress';
+const MAPS: readonly MapName[] = ['services', 'vips', 'ingress'];
 
 const enc = (s: string): string => encodeURIComponent(s);
 
@@ -140,8 +143,12 @@ export function normalizeServices(
       throw new UsageError(`apply ${what}: fwmark ${s.fwmark} out of range (256..2^32-1)`);
     if (s.protocol !== 'tcp' && s.protocol !== 'udp')
       throw new UsageError(`apply ${what}: protocol must be tcp or udp`);
-    if (!validPort(s.port) || !validPort(s.targetPort))
-      throw new UsageError(`apply ${what}: port and targetPort must be 1..65535`);
+    // Port 0 (both ports) = every port of the VIP: DNAT keeps the destination port.
+    const allPorts = s.port === 0 && s.targetPort === 0 && s.vip !== undefined;
+    if (!allPorts && (!validPort(s.port) || !validPort(s.targetPort)))
+      throw new UsageError(
+        `apply ${what}: port and targetPort must be 1..65535 (both 0 = all ports, VIP services only)`,
+      );
     if (s.vip !== undefined && !isIPv4(s.vip))
       throw new UsageError(`apply ${what}: vip ${s.vip} is not an IPv4 address`);
     if (!SCHEDULERS.includes(s.scheduler))
@@ -152,7 +159,7 @@ export function normalizeServices(
     const seen = new Set<string>();
     const backends: Backend[] = [];
     for (const b of s.backends) {
-      if (!isIPv4(b.ip) || !validPort(b.port))
+      if (!isIPv4(b.ip) || !(allPorts ? b.port === 0 : validPort(b.port)))
         throw new UsageError(`apply ${what}: backend ${b.ip}:${b.port} is not IPv4 address:port`);
       if (!Number.isInteger(b.weight) || b.weight < 0 || b.weight > 65535)
         throw new UsageError(`apply ${what}: backend ${b.ip} weight must be 0..65535`);
@@ -315,7 +322,7 @@ export function planServices(services: readonly LbService[]): Plan {
         comment,
         canon: `${s.protocol} dnat ${b.ip}:${b.port} #${comment}`,
         rules: [
-          `meta l4proto ${s.protocol} counter dnat to ${b.ip}:${b.port} comment ${quote(comment)}`,
+          `meta l4proto ${s.protocol} counter dnat to ${b.port === 0 ? b.ip : `${b.ip}:${b.port}`} comment ${quote(comment)}`,
         ],
       };
     });
@@ -347,9 +354,13 @@ export function planServices(services: readonly LbService[]): Plan {
       svc: s,
       hash,
       chain,
-      mapName: s.vip !== undefined ? 'services' : 'ingress',
+      mapName: s.vip === undefined ? 'ingress' : s.port === 0 ? 'vips' : 'services',
       elemKey:
-        s.vip !== undefined ? `${s.vip} . ${s.protocol} . ${s.port}` : `${s.protocol} . ${s.port}`,
+        s.vip === undefined
+          ? `${s.protocol} . ${s.port}`
+          : s.port === 0
+            ? `${s.vip} . ${s.protocol}`
+            : `${s.vip} . ${s.protocol} . ${s.port}`,
       backends,
       canon: `${headCanon}\n${pickCanon}`,
       rules: [head, pick],
@@ -376,6 +387,8 @@ const FIXED: readonly FixedChain[] = [
     name: 'services',
     rules: [
       { tag: 'mesh-lb:vip', text: 'ip daddr . meta l4proto . th dport vmap @services' },
+      // All-ports VIPs (port 0) after the per-port ones: a VIP:port entry wins.
+      { tag: 'mesh-lb:vip-all', text: 'ip daddr . meta l4proto vmap @vips' },
       {
         tag: 'mesh-lb:ingress',
         // Published ports answer on every local address but loopback (like kube-proxy's
@@ -436,8 +449,9 @@ const FIXED: readonly FixedChain[] = [
   },
 ];
 
-const MAP_TYPES: Record<'services' | 'ingress', string> = {
+const MAP_TYPES: Record<MapName, string> = {
   services: 'ipv4_addr . inet_proto . inet_service : verdict',
+  vips: 'ipv4_addr . inet_proto : verdict',
   ingress: 'inet_proto . inet_service : verdict',
 };
 
@@ -468,8 +482,7 @@ export function renderTable(plan: Plan, opts: { replace?: boolean } = {}): strin
   for (const s of plan.services)
     if (s.timeoutObj) out.push(`  ct timeout ${s.timeoutObj.name} ${timeoutText(s.timeoutObj)}`);
   out.push(`  set marks { type mark; }`);
-  for (const m of ['services', 'ingress'] as const)
-    out.push(`  map ${m} { type ${MAP_TYPES[m]}; }`);
+  for (const m of MAPS) out.push(`  map ${m} { type ${MAP_TYPES[m]}; }`);
   for (const s of plan.services) {
     for (const b of s.backends) {
       out.push(`  chain ${b.chain} {`);
@@ -487,7 +500,7 @@ export function renderTable(plan: Plan, opts: { replace?: boolean } = {}): strin
     out.push('  }');
   }
   out.push('}');
-  for (const m of ['services', 'ingress'] as const) {
+  for (const m of MAPS) {
     const els = plan.services.filter((s) => s.mapName === m);
     if (els.length)
       out.push(
@@ -711,7 +724,7 @@ function canonChain(c: KChain): {
       dn
     ) {
       packets = Number(ctr['packets']);
-      dnat = { ip: String(dn['addr']), port: Number(dn['port']) };
+      dnat = { ip: String(dn['addr']), port: Number(dn['port'] ?? 0) };
       lines.push(`${String(l4['right'])} dnat ${dnat.ip}:${dnat.port}${comment}`);
       continue;
     }
@@ -753,8 +766,7 @@ export function planView(plan: Plan): KernelState {
     chains.set(f.name, c);
   }
   const maps: KernelState['maps'] = new Map();
-  for (const m of ['services', 'ingress'] as const)
-    maps.set(m, { type: MAP_TYPES[m], elems: new Map() });
+  for (const m of MAPS) maps.set(m, { type: MAP_TYPES[m], elems: new Map() });
   const timeouts: KernelState['timeouts'] = new Map();
   for (const s of plan.services) {
     chains.set(s.chain, { name: s.chain, rules: [], canon: s.canon });
@@ -785,7 +797,7 @@ function skeletonOk(k: KernelState): boolean {
         return false;
     } else if (c.base) return false;
   }
-  for (const m of ['services', 'ingress'] as const)
+  for (const m of MAPS)
     if (k.maps.get(m)?.type.replace(/ /g, '') !== MAP_TYPES[m].replace(/ /g, '')) return false;
   return k.marksType === 'mark';
 }
@@ -799,7 +811,7 @@ function policyMatches(want: Record<string, number>, have: Record<string, number
 
 /** Count of the objects a full build creates: what a rebuild reports as changes. */
 function fullCount(plan: Plan): number {
-  let n = 1 + FIXED.length + 3;
+  let n = 1 + FIXED.length + MAPS.length + 1;
   for (const s of plan.services) n += 2 + s.backends.length + (s.timeoutObj ? 1 : 0);
   return n + plan.marks.length;
 }
@@ -835,7 +847,7 @@ export function diff(plan: Plan, k: KernelState | null): Diff {
   };
 
   // Map elements: delete what is stale or points elsewhere, add what is missing.
-  for (const m of ['services', 'ingress'] as const) {
+  for (const m of MAPS) {
     const have = k.maps.get(m)?.elems ?? new Map<string, string>();
     const want = new Map<string, string>();
     for (const s of plan.services) if (s.mapName === m) want.set(s.elemKey, `goto ${s.chain}`);
@@ -967,14 +979,16 @@ export function servicesFromKernel(
   conns?: Map<string, { active: number; inactive: number }>,
 ): NftService[] {
   const fronts = new Map<string, { vip?: string; protocol: string; port: number }>();
-  for (const m of ['services', 'ingress'] as const) {
+  for (const m of MAPS) {
     for (const [key, v] of k.maps.get(m)?.elems ?? []) {
       if (!v.startsWith('goto ')) continue;
       const p = key.split(' . ');
       const f =
         m === 'services'
           ? { vip: p[0] ?? '', protocol: p[1] ?? '', port: Number(p[2]) }
-          : { protocol: p[0] ?? '', port: Number(p[1]) };
+          : m === 'vips'
+            ? { vip: p[0] ?? '', protocol: p[1] ?? '', port: 0 }
+            : { protocol: p[0] ?? '', port: Number(p[1]) };
       fronts.set(v.slice(5), f);
     }
   }

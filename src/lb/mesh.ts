@@ -1,0 +1,742 @@
+/**
+ * The node's service load balancer: turns the cluster's service table (ServiceEntry[], from the
+ * dispatcher) into kernel state on this node.
+ *
+ *   - VIPs: per overlay network with local tasks and VIP services, a namespace
+ *     `<prefix>mesh-lb-<vni>` attached to the network like a task (with this node's lbAddr), the
+ *     VIPs as /32 aliases on its eth0 (local tasks ARP for them over br0, remote nodes never
+ *     see them), and one LbService per (service, network, protocol) with port 0 = every port:
+ *     DNAT keeps the destination port, masquerade to lbAddr so replies come back here.
+ *   - Ingress routing mesh: namespace `<prefix>mesh-ingress` on the ingress network (with the
+ *     node's ingress lbAddr) plus gw0 = INGRESS_GW on mesh_gwbridge; the host's table
+ *     `ip mesh-ingress` DNATs published ports on local addresses to INGRESS_GW:port, and inside
+ *     the namespace one LbService per published port balances over every task's ingress address.
+ *   - Host-mode ports: the same host table DNATs the port to the local task's gw0 address.
+ *   - Published ports are reserved on the host (bound, never listening).
+ *
+ * Backends (src/lb/nft.ts, src/lb/ipvs.ts) are one per namespace, all of the same kind, chosen
+ * at start (auto: IPVS when the kernel has it). apply() is idempotent; reconcile() re-applies
+ * the last table and counts the repairs.
+ *
+ * May import: lb/, netlink/, overlay/ (the driver), manager/service-types (types), util/, node.
+ */
+import { spawn } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import type { NetworkInfo, PortSpec, ServiceEntry } from '../manager/service-types.js';
+import {
+  NETLINK_ROUTE,
+  NetlinkSocket,
+  addrAdd,
+  addrDel,
+  addrList,
+  linkSetUp,
+  netnsCreate,
+  netnsDelete,
+  netnsList,
+  netnsOpen,
+  spawnInNetns,
+  withNetns,
+  type Netns,
+} from '../netlink/index.js';
+import { AF_INET } from '../netlink/rt.js';
+import type { OverlayDriver } from '../overlay/driver.js';
+import { MeshError } from '../util/errors.js';
+import { IpvsBackend } from './ipvs.js';
+import { NftBackend } from './nft.js';
+import { reservePort, type Reservation } from './reserve.js';
+import type { BackendState, BackendStats, LbBackend, LbService, Scheduler } from './types.js';
+
+/** gw0 of the ingress namespace on mesh_gwbridge; the agent never hands it to a task. */
+export const INGRESS_GW = '10.255.255.254';
+/** The host's table for published ports (ingress and host mode). */
+export const INGRESS_TABLE = 'mesh-ingress';
+/** Masquerade for the IPVS backend (nftables does its own in table mesh-lb). */
+const SNAT_TABLE = 'mesh-lb-snat';
+const FIRST_MARK = 256;
+
+export interface ServiceLbOptions {
+  /** Prefix of the namespaces we create (`<prefix>mesh-lb-<vni>`, `<prefix>mesh-ingress`). */
+  netnsPrefix: string;
+  backend: 'auto' | 'ipvs' | 'nftables';
+  /** The agent's overlay driver (attachments of the LB namespaces). */
+  overlay: OverlayDriver;
+  nodeId: string;
+  /** This node's underlay address (what `lb show` names as the node). */
+  vtep: string;
+  /** The node's namespace (host table, reservations). @default the caller's */
+  hostNetns?: Netns;
+  /** @default 'rr' */
+  scheduler?: Scheduler;
+  /** Idle timeouts of every service (seconds). */
+  timeouts?: LbService['timeouts'];
+  /** Reserve published ports on the host. @default true */
+  reservePorts?: boolean;
+  /** Clock for `lb show` (ms since the epoch). @default Date.now */
+  now?: () => number;
+}
+
+/** A local task with host-mode published ports. */
+export interface HostTask {
+  taskId: string;
+  taskName?: string;
+  /** The task's gw0 address (plain IP). */
+  gatewayIp: string;
+  ports: PortSpec[];
+}
+
+export interface LbShowBackend {
+  task?: string;
+  node?: string;
+  address: string;
+  /** 0 = the packet's own port (all-ports VIP). */
+  port: number;
+  weight: number;
+  state: BackendState;
+  activeConns?: number;
+  inactiveConns?: number;
+  scheduledConns?: number;
+}
+
+export interface LbShowEntry {
+  kind: 'vip' | 'ingress' | 'host';
+  service: string;
+  serviceId: string;
+  /** Network name (vip, ingress) */
+  network?: string;
+  networkId?: string;
+  /** Namespace holding the entry (host entries: the node's). */
+  namespace: string;
+  vip?: string;
+  protocol: 'tcp' | 'udp';
+  /** Front-end port (0 = every port of the VIP). */
+  port: number;
+  targetPort: number;
+  fwmark?: number;
+  scheduler?: Scheduler;
+  /** False when the kernel does not hold the entry (drift not yet repaired). */
+  programmed: boolean;
+  backends: LbShowBackend[];
+}
+
+export interface LbShow {
+  node: string;
+  backend: 'ipvs' | 'nftables';
+  /** ms since the epoch. */
+  lastApply?: number;
+  lastReconcile?: number;
+  /** Changes made by reconcile() since start (drift repaired). */
+  driftRepaired: number;
+  entries: LbShowEntry[];
+}
+
+interface Meta {
+  kind: 'vip' | 'ingress';
+  service: string;
+  serviceId: string;
+  network: string;
+  networkId: string;
+}
+
+/** One namespace we own: a per-network LB namespace or the ingress namespace. */
+interface LbNs {
+  name: string;
+  ns: Netns;
+  net: NetworkInfo;
+  lbAddr: string;
+  mac: string;
+  backend: LbBackend;
+  desired: LbService[];
+  meta: Map<string, Meta>;
+  vips: Set<string>;
+  ingress: boolean;
+}
+
+const bare = (cidr: string): string => cidr.split('/')[0] ?? cidr;
+
+function runNft(netns: Netns | undefined, args: string[], input = ''): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const opts = { stdio: ['pipe', 'pipe', 'pipe'] as ['pipe', 'pipe', 'pipe'] };
+    const child = netns ? spawnInNetns(netns, 'nft', args, opts) : spawn('nft', args, opts);
+    let out = '';
+    let err = '';
+    child.stdout?.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr?.on('data', (d: Buffer) => (err += d.toString()));
+    child.on('error', (e) =>
+      reject(new MeshError('ENFT', `run nft: ${e.message} (is nftables installed?)`)),
+    );
+    child.on('close', (code) => {
+      if (code === 0) resolve(out);
+      else reject(new MeshError('ENFT', `nft ${args.join(' ')}: ${err.trim() || `exit ${code}`}`));
+    });
+    child.stdin?.end(input);
+  });
+}
+
+/** The host's published-port table as one `nft -f` transaction replacing it. Pure. */
+export function ingressTableScript(
+  ingress: readonly PortSpec[],
+  host: readonly { gatewayIp: string; port: PortSpec }[],
+): string {
+  const rules: string[] = [];
+  for (const p of ingress)
+    rules.push(`${p.protocol} dport ${p.published} dnat to ${INGRESS_GW}:${p.published}`);
+  for (const h of host)
+    rules.push(
+      `${h.port.protocol} dport ${h.port.published} dnat to ${h.gatewayIp}:${h.port.target}`,
+    );
+  const local = 'fib daddr type local ip daddr != 127.0.0.0/8';
+  const body = rules.map((r) => `    ${local} ${r}`);
+  return [
+    `table ip ${INGRESS_TABLE}`,
+    `delete table ip ${INGRESS_TABLE}`,
+    `table ip ${INGRESS_TABLE} {`,
+    '  chain prerouting {',
+    '    type nat hook prerouting priority -100; policy accept;',
+    ...body,
+    '  }',
+    '  chain output {',
+    '    type nat hook output priority -100; policy accept;',
+    ...body,
+    '  }',
+    '  chain forward {',
+    '    type filter hook forward priority 0; policy accept;',
+    '    ct status dnat accept',
+    '  }',
+    '}',
+    '',
+  ].join('\n');
+}
+
+/** Masquerade of balanced traffic for the IPVS backend (marks ≥ 256, first packets). */
+function snatScript(): string {
+  return [
+    `table ip ${SNAT_TABLE}`,
+    `delete table ip ${SNAT_TABLE}`,
+    `table ip ${SNAT_TABLE} {`,
+    '  chain postrouting {',
+    '    type nat hook postrouting priority 100; policy accept;',
+    `    meta mark >= ${FIRST_MARK} masquerade`,
+    '  }',
+    '}',
+    '',
+  ].join('\n');
+}
+
+export class ServiceLb {
+  readonly backendName: 'ipvs' | 'nftables';
+  private readonly opts: ServiceLbOptions;
+  private readonly now: () => number;
+  private readonly lbs = new Map<string, LbNs>();
+  /** Stable fwmarks per service key (in memory; a restart may renumber, apply repairs). */
+  private readonly marks = new Map<string, number>();
+  private nextMark = FIRST_MARK;
+  private reservations = new Map<string, Reservation>();
+  private hostScript: string | undefined;
+  private hostEntries: LbShowEntry[] = [];
+  private hostRules: string[] = [];
+  private lastApply: number | undefined;
+  private lastReconcile: number | undefined;
+  private driftRepaired = 0;
+  private closed = false;
+
+  private constructor(opts: ServiceLbOptions, backend: 'ipvs' | 'nftables') {
+    this.opts = opts;
+    this.backendName = backend;
+    this.now = opts.now ?? Date.now;
+  }
+
+  /** Pick the backend (auto: IPVS when the kernel answers) and remove what a previous run left. */
+  static async start(opts: ServiceLbOptions): Promise<ServiceLb> {
+    let backend: 'ipvs' | 'nftables';
+    if (opts.backend === 'auto')
+      backend = IpvsBackend.available(opts.hostNetns) ? 'ipvs' : 'nftables';
+    else if (opts.backend === 'ipvs') {
+      if (!IpvsBackend.available(opts.hostNetns))
+        throw new MeshError(
+          'ELB',
+          'start load balancer: IPVS is not available in this kernel (modprobe ip_vs, or use --lb-backend nftables)',
+        );
+      backend = 'ipvs';
+    } else if (opts.backend === 'nftables') backend = 'nftables';
+    else
+      throw new MeshError(
+        'EUSAGE',
+        `start load balancer: unknown backend ${JSON.stringify(opts.backend)} (auto, ipvs, nftables)`,
+      );
+    const lb = new ServiceLb(opts, backend);
+    // What a previous run left: its namespaces and its host table (stale DNATs).
+    lb.removeStale(new Set());
+    await lb.dropHostTable();
+    return lb;
+  }
+
+  private nsName(net: NetworkInfo): string {
+    return net.ingress
+      ? `${this.opts.netnsPrefix}mesh-ingress`
+      : `${this.opts.netnsPrefix}mesh-lb-${net.vni}`;
+  }
+
+  private mark(key: string): number {
+    let m = this.marks.get(key);
+    if (m === undefined) {
+      m = this.nextMark++;
+      this.marks.set(key, m);
+    }
+    return m;
+  }
+
+  /** The LbServices each namespace should hold, by network id. Pure except for mark numbers. */
+  private plan(
+    services: readonly ServiceEntry[],
+    nets: Map<string, NetworkInfo>,
+    localNetworks: ReadonlySet<string>,
+  ): Map<
+    string,
+    { net: NetworkInfo; svcs: LbService[]; meta: Map<string, Meta>; vips: Set<string> }
+  > {
+    const out = new Map<
+      string,
+      { net: NetworkInfo; svcs: LbService[]; meta: Map<string, Meta>; vips: Set<string> }
+    >();
+    const slot = (net: NetworkInfo) => {
+      let s = out.get(net.id);
+      if (!s) {
+        s = { net, svcs: [], meta: new Map(), vips: new Set() };
+        out.set(net.id, s);
+      }
+      return s;
+    };
+    const scheduler = this.opts.scheduler ?? 'rr';
+    const sorted = [...services].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+    for (const svc of sorted) {
+      if (svc.endpointMode !== 'vip') continue;
+      for (const [netId, vip] of Object.entries(svc.vips)) {
+        const net = nets.get(netId);
+        if (!net || net.ingress || !net.lbAddr || !localNetworks.has(netId)) continue;
+        const s = slot(net);
+        s.vips.add(vip);
+        for (const protocol of ['tcp', 'udp'] as const) {
+          const key = `vip:${netId}:${svc.id}/${protocol}`;
+          const backends = svc.endpoints
+            .filter((e) => e.addresses[netId] !== undefined)
+            .map((e) => ({
+              ip: e.addresses[netId]!,
+              port: 0,
+              weight: e.state === 'active' ? 1 : 0,
+              state: e.state,
+              task: e.taskName,
+              node: e.nodeId,
+            }));
+          const ls: LbService = {
+            key,
+            fwmark: this.mark(key),
+            protocol,
+            vip,
+            port: 0,
+            targetPort: 0,
+            scheduler,
+            backends,
+          };
+          if (this.opts.timeouts) ls.timeouts = this.opts.timeouts;
+          s.svcs.push(ls);
+          s.meta.set(key, {
+            kind: 'vip',
+            service: svc.name,
+            serviceId: svc.id,
+            network: net.name,
+            networkId: netId,
+          });
+        }
+      }
+    }
+    const ingressNet = [...nets.values()].find((n) => n.ingress);
+    if (ingressNet?.lbAddr) {
+      for (const svc of sorted) {
+        for (const p of svc.ports) {
+          if (p.mode !== 'ingress') continue;
+          const s = slot(ingressNet);
+          const key = `ingress:${p.published}/${p.protocol}`;
+          const backends = svc.endpoints
+            .filter((e) => e.addresses[ingressNet.id] !== undefined)
+            .map((e) => ({
+              ip: e.addresses[ingressNet.id]!,
+              port: p.target,
+              weight: e.state === 'active' ? 1 : 0,
+              state: e.state,
+              task: e.taskName,
+              node: e.nodeId,
+            }));
+          const ls: LbService = {
+            key,
+            fwmark: this.mark(key),
+            protocol: p.protocol,
+            port: p.published,
+            targetPort: p.target,
+            scheduler,
+            backends,
+          };
+          if (this.opts.timeouts) ls.timeouts = this.opts.timeouts;
+          s.svcs.push(ls);
+          s.meta.set(key, {
+            kind: 'ingress',
+            service: svc.name,
+            serviceId: svc.id,
+            network: ingressNet.name,
+            networkId: ingressNet.id,
+          });
+        }
+      }
+    }
+    return out;
+  }
+
+  /**
+   * Make the kernel match the table: LB namespaces for `localNetworks` with VIP services, the
+   * ingress namespace while any service publishes ingress ports (and the ingress network has
+   * this node's lbAddr), the host table and the port reservations. Returns the kernel changes.
+   */
+  async apply(
+    services: ServiceEntry[],
+    networks: NetworkInfo[],
+    localNetworks: Set<string>,
+    hostTasks: HostTask[] = [],
+  ): Promise<{ changes: number }> {
+    if (this.closed) throw new MeshError('ECLOSED', 'apply load balancer: it was closed');
+    const nets = new Map(networks.map((n) => [n.id, n]));
+    const want = this.plan(services, nets, localNetworks);
+    let changes = 0;
+    for (const [netId, lb] of [...this.lbs]) {
+      const w = want.get(netId);
+      if (!w || w.net.vni !== lb.net.vni || w.net.lbAddr !== lb.net.lbAddr) {
+        await this.teardown(lb);
+        this.lbs.delete(netId);
+        changes++;
+      }
+    }
+    for (const [netId, w] of want) {
+      let lb = this.lbs.get(netId);
+      if (!lb) {
+        lb = await this.setup(w.net);
+        this.lbs.set(netId, lb);
+        changes++;
+      }
+      lb.desired = w.svcs;
+      lb.meta = w.meta;
+      lb.vips = w.vips;
+      changes += this.syncVips(lb);
+      changes += (await lb.backend.apply(w.svcs)).changes;
+    }
+    changes += await this.applyHost(services, hostTasks);
+    this.lastApply = this.now();
+    return { changes };
+  }
+
+  /** Create (or adopt) the namespace, attach it to the network, start its backend. */
+  private async setup(net: NetworkInfo): Promise<LbNs> {
+    const name = this.nsName(net);
+    const lbAddr = net.lbAddr!;
+    const ns = netnsList().includes(name) ? netnsOpen(name) : netnsCreate(name);
+    try {
+      const rt = NetlinkSocket.open(NETLINK_ROUTE, { netns: ns });
+      try {
+        linkSetUp(rt, 'lo');
+      } finally {
+        rt.close();
+      }
+      withNetns(ns, () => {
+        const p = '/proc/sys/net/ipv4/ip_forward';
+        if (readFileSync(p, 'utf8').trim() !== '1') writeFileSync(p, '1');
+      });
+      const ov = this.opts.overlay;
+      await ov.ensureNetwork({
+        id: net.id,
+        vni: net.vni,
+        subnets: net.subnets,
+        ...(net.mtu !== undefined ? { mtu: net.mtu } : {}),
+        internal: net.internal,
+        encrypted: net.encrypted,
+      });
+      const att = await ov.attach(net.vni, { taskNs: name, ip: lbAddr, ifname: 'eth0' });
+      if (net.ingress) await ov.attachGateway(name, `${INGRESS_GW}/16`);
+      const backend: LbBackend =
+        this.backendName === 'ipvs'
+          ? new IpvsBackend({ netns: ns, markRules: true })
+          : new NftBackend({ netns: ns });
+      if (this.backendName === 'ipvs') await runNft(ns, ['-f', '-'], snatScript());
+      return {
+        name,
+        ns,
+        net,
+        lbAddr,
+        mac: att.mac,
+        backend,
+        desired: [],
+        meta: new Map(),
+        vips: new Set(),
+        ingress: net.ingress,
+      };
+    } catch (e) {
+      ns.close();
+      await this.removeNs(name, net).catch(() => undefined);
+      throw e;
+    }
+  }
+
+  /** VIP /32 aliases on eth0: add the missing, drop the stale. */
+  private syncVips(lb: LbNs): number {
+    if (lb.ingress) return 0;
+    const rt = NetlinkSocket.open(NETLINK_ROUTE, { netns: lb.ns });
+    try {
+      let n = 0;
+      const have = new Set(
+        addrList(rt, { dev: 'eth0', family: AF_INET })
+          .map((a) => a.cidr)
+          .filter((c) => c.endsWith('/32')),
+      );
+      for (const v of lb.vips)
+        if (!have.has(`${v}/32`)) {
+          addrAdd(rt, 'eth0', `${v}/32`, { replace: true });
+          n++;
+        }
+      for (const c of have)
+        if (!lb.vips.has(bare(c))) {
+          addrDel(rt, 'eth0', c, { ifExists: true });
+          n++;
+        }
+      return n;
+    } finally {
+      rt.close();
+    }
+  }
+
+  private async removeNs(name: string, net?: NetworkInfo): Promise<void> {
+    const ov = this.opts.overlay;
+    if (net) {
+      if (net.ingress) await ov.detachGateway(name).catch(() => undefined);
+      await ov.detach(net.vni, { taskNs: name, ifname: 'eth0' }).catch(() => undefined);
+    }
+    netnsDelete(name, { ifExists: true });
+  }
+
+  private async teardown(lb: LbNs): Promise<void> {
+    if (lb.backend instanceof IpvsBackend) lb.backend.close();
+    lb.ns.close();
+    await this.removeNs(lb.name, lb.net);
+  }
+
+  /** Namespaces of ours (by prefix) that are not in `keep`: left by an earlier run. */
+  private removeStale(keep: Set<string>): void {
+    const p = this.opts.netnsPrefix;
+    for (const n of netnsList()) {
+      if (keep.has(n)) continue;
+      if (n === `${p}mesh-ingress` || new RegExp(`^${escapeRe(p)}mesh-lb-\\d+$`).test(n))
+        netnsDelete(n, { ifExists: true });
+    }
+  }
+
+  private async applyHost(services: ServiceEntry[], hostTasks: HostTask[]): Promise<number> {
+    const ingress: PortSpec[] = [];
+    const entries: LbShowEntry[] = [];
+    const ingressNs = [...this.lbs.values()].some((l) => l.ingress);
+    for (const s of services)
+      for (const p of s.ports) if (p.mode === 'ingress' && ingressNs) ingress.push(p);
+    const host: { gatewayIp: string; port: PortSpec }[] = [];
+    for (const t of hostTasks)
+      for (const p of t.ports) {
+        if (p.mode !== 'host') continue;
+        host.push({ gatewayIp: t.gatewayIp, port: p });
+        const svc = services.find((s) => s.endpoints.some((e) => e.taskId === t.taskId));
+        entries.push({
+          kind: 'host',
+          service: svc?.name ?? '',
+          serviceId: svc?.id ?? '',
+          namespace: 'host',
+          protocol: p.protocol,
+          port: p.published,
+          targetPort: p.target,
+          programmed: true,
+          backends: [
+            {
+              ...(t.taskName !== undefined ? { task: t.taskName } : {}),
+              node: this.opts.nodeId,
+              address: t.gatewayIp,
+              port: p.target,
+              weight: 1,
+              state: 'active',
+            },
+          ],
+        });
+      }
+    this.hostEntries = entries;
+    let changes = 0;
+    const all = [...ingress, ...host.map((h) => h.port)];
+    // Reservations: bind what is published, release what is no longer.
+    if (this.opts.reservePorts !== false) {
+      const wantR = new Set(all.map((p) => `${p.published}/${p.protocol}`));
+      for (const [k, r] of this.reservations)
+        if (!wantR.has(k)) {
+          r.close();
+          this.reservations.delete(k);
+          changes++;
+        }
+      for (const p of all) {
+        const k = `${p.published}/${p.protocol}`;
+        if (this.reservations.has(k)) continue;
+        this.reservations.set(k, reservePort(p.published, p.protocol, this.opts.hostNetns));
+        changes++;
+      }
+    }
+    const script = all.length ? ingressTableScript(ingress, host) : undefined;
+    this.hostRules = [
+      ...ingress.map((p) => `dnat to ${INGRESS_GW}:${p.published}`),
+      ...host.map((h) => `dnat to ${h.gatewayIp}:${h.port.target}`),
+    ];
+    if (script !== this.hostScript) {
+      if (script) await runNft(this.opts.hostNetns, ['-f', '-'], script);
+      else await this.dropHostTable();
+      this.hostScript = script;
+      changes++;
+    }
+    return changes;
+  }
+
+  private async dropHostTable(): Promise<void> {
+    await runNft(
+      this.opts.hostNetns,
+      ['-f', '-'],
+      `table ip ${INGRESS_TABLE}\ndelete table ip ${INGRESS_TABLE}\n`,
+    );
+  }
+
+  /** Re-apply the last table to the kernel; returns the repairs (drift) made. */
+  async reconcile(): Promise<number> {
+    if (this.closed) return 0;
+    let n = 0;
+    for (const lb of this.lbs.values()) {
+      const exists = netnsList().includes(lb.name);
+      if (!exists) {
+        // Someone removed the namespace: rebuild it whole.
+        await this.teardown(lb);
+        const fresh = await this.setup(lb.net);
+        fresh.desired = lb.desired;
+        fresh.meta = lb.meta;
+        fresh.vips = lb.vips;
+        this.lbs.set(lb.net.id, fresh);
+        n++;
+        n += this.syncVips(fresh);
+        n += (await fresh.backend.apply(fresh.desired)).changes;
+        continue;
+      }
+      n += this.syncVips(lb);
+      n += (await lb.backend.apply(lb.desired)).changes;
+    }
+    if (this.hostScript) {
+      const listing = await runNft(this.opts.hostNetns, [
+        'list',
+        'table',
+        'ip',
+        INGRESS_TABLE,
+      ]).catch(() => '');
+      if (!this.hostRules.every((r) => listing.includes(r))) {
+        await runNft(this.opts.hostNetns, ['-f', '-'], this.hostScript);
+        n++;
+      }
+    }
+    this.driftRepaired += n;
+    this.lastReconcile = this.now();
+    return n;
+  }
+
+  /** What this node's kernel holds, with connection counts, for `meshctl lb show`. */
+  async show(filter: { service?: string } = {}): Promise<LbShow> {
+    const entries: LbShowEntry[] = [];
+    const match = (name: string, id: string): boolean =>
+      filter.service === undefined ||
+      filter.service === name ||
+      (filter.service.length >= 4 && id.startsWith(filter.service));
+    for (const lb of this.lbs.values()) {
+      const kernel = new Map((await lb.backend.read()).map((s) => [s.key, s]));
+      for (const d of lb.desired) {
+        const m = lb.meta.get(d.key);
+        if (!m || !match(m.service, m.serviceId)) continue;
+        const k = kernel.get(d.key);
+        const backends: LbShowBackend[] = (k?.backends ?? d.backends).map(
+          (b: (typeof d.backends)[number] & BackendStats) => {
+            const o: LbShowBackend = {
+              address: b.ip,
+              port: b.port,
+              weight: b.weight,
+              state: b.state,
+            };
+            if (b.task !== undefined) o.task = b.task;
+            if (b.node !== undefined) o.node = b.node;
+            if (b.activeConns !== undefined) o.activeConns = b.activeConns;
+            if (b.inactiveConns !== undefined) o.inactiveConns = b.inactiveConns;
+            if (b.scheduledConns !== undefined) o.scheduledConns = b.scheduledConns;
+            return o;
+          },
+        );
+        const e: LbShowEntry = {
+          kind: m.kind,
+          service: m.service,
+          serviceId: m.serviceId,
+          network: m.network,
+          networkId: m.networkId,
+          namespace: lb.name,
+          protocol: d.protocol,
+          port: d.port,
+          targetPort: d.targetPort,
+          fwmark: d.fwmark,
+          scheduler: k?.scheduler ?? d.scheduler,
+          programmed: k !== undefined,
+          backends,
+        };
+        if (d.vip !== undefined) e.vip = d.vip;
+        entries.push(e);
+      }
+    }
+    for (const h of this.hostEntries) if (match(h.service, h.serviceId)) entries.push(h);
+    const out: LbShow = {
+      node: this.opts.nodeId,
+      backend: this.backendName,
+      driftRepaired: this.driftRepaired,
+      entries,
+    };
+    if (this.lastApply !== undefined) out.lastApply = this.lastApply;
+    if (this.lastReconcile !== undefined) out.lastReconcile = this.lastReconcile;
+    return out;
+  }
+
+  /** The LB namespaces' addresses, for the agent to publish as peer endpoints of each network. */
+  lbEndpoints(): { networkId: string; ip: string; mac: string }[] {
+    return [...this.lbs.values()].map((l) => ({
+      networkId: l.net.id,
+      ip: bare(l.lbAddr),
+      mac: l.mac,
+    }));
+  }
+
+  /** Names of the namespaces we hold (tests, diagnostics). */
+  namespaces(): { networkId: string; name: string }[] {
+    return [...this.lbs.values()].map((l) => ({ networkId: l.net.id, name: l.name }));
+  }
+
+  /** Remove everything: namespaces, host table, reservations. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    const errs: unknown[] = [];
+    for (const lb of this.lbs.values()) await this.teardown(lb).catch((e: unknown) => errs.push(e));
+    this.lbs.clear();
+    for (const r of this.reservations.values()) r.close();
+    this.reservations.clear();
+    if (this.hostScript !== undefined)
+      await this.dropHostTable().catch((e: unknown) => errs.push(e));
+    this.hostScript = undefined;
+    if (errs.length) throw errs[0];
+  }
+}
+
+function escapeRe(s: string): string {
+  return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+}
