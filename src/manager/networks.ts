@@ -150,12 +150,53 @@ export function tasksOn(store: Store, id: string): { task: Task; addresses: stri
   return out;
 }
 
-/** Plain addresses (no prefix) held on network `id`. */
+/** Service VIPs (CIDR) on network `id`, with the service holding each. */
+export function serviceVipsOn(store: Store, id: string): { service: string; addr: string }[] {
+  const out: { service: string; addr: string }[] = [];
+  for (const svc of store.list('service')) {
+    const ep = isPlain(svc.spec) ? svc.spec['endpoint'] : undefined;
+    const vips = isPlain(ep) ? ep['vips'] : undefined;
+    if (!Array.isArray(vips)) continue;
+    for (const v of vips as unknown[]) {
+      if (isPlain(v) && v['networkId'] === id && typeof v['addr'] === 'string') {
+        if (isIpv4Cidr(v['addr'])) out.push({ service: svc.name, addr: v['addr'] });
+      }
+    }
+  }
+  return out;
+}
+
+/** Names of services using network `id` (attached to it, or holding a VIP on it). */
+export function servicesOn(store: Store, id: string): string[] {
+  const names = new Set(serviceVipsOn(store, id).map((v) => v.service));
+  for (const svc of store.list('service')) {
+    const inner = isPlain(svc.spec) ? svc.spec['spec'] : undefined;
+    const nets = isPlain(inner) ? inner['networks'] : undefined;
+    if (Array.isArray(nets) && nets.some((n) => isPlain(n) && n['network'] === id)) {
+      names.add(svc.name);
+    }
+  }
+  return [...names].sort();
+}
+
+/** Nodes' load-balancer addresses (CIDR) on network `id` (Node.lbAddrs). */
+export function lbAddrsOn(store: Store, id: string): { nodeId: string; addr: string }[] {
+  const out: { nodeId: string; addr: string }[] = [];
+  for (const n of store.list('node')) {
+    const a = n.lbAddrs?.[id];
+    if (typeof a === 'string' && isIpv4Cidr(a)) out.push({ nodeId: n.id, addr: a });
+  }
+  return out;
+}
+
+/** Plain addresses (no prefix) held on network `id`: tasks, service VIPs, nodes' LB addresses. */
 export function addressesInUse(store: Store, id: string): Set<string> {
   const s = new Set<string>();
   for (const { addresses } of tasksOn(store, id)) {
     for (const a of addresses) s.add(a.split('/')[0]!);
   }
+  for (const v of serviceVipsOn(store, id)) s.add(v.addr.split('/')[0]!);
+  for (const l of lbAddrsOn(store, id)) s.add(l.addr.split('/')[0]!);
   return s;
 }
 
@@ -308,6 +349,13 @@ export function planRemoveNetwork(store: Store, nameOrId: string): Op[] {
       `${at}: it is the ingress network, which carries the published ports of services (the routing mesh); it cannot be removed`,
     );
   }
+  const services = servicesOn(store, net.id);
+  if (services.length > 0) {
+    throw new MeshError(
+      'ECONFLICT',
+      `${at}: in use by service${services.length === 1 ? '' : 's'} ${services.join(', ')}; remove ${services.length === 1 ? 'it' : 'them'} (or update ${services.length === 1 ? 'it' : 'them'} off the network) first`,
+    );
+  }
   const users = tasksOn(store, net.id).map((u) => u.task);
   if (users.length > 0) {
     const shown = users.slice(0, 5).map((t) => describeHolder(store, t));
@@ -317,7 +365,19 @@ export function planRemoveNetwork(store: Store, nameOrId: string): Op[] {
       `${at}: in use by ${users.length} task${users.length === 1 ? '' : 's'} (${shown.join(', ')}${more}); remove them first`,
     );
   }
-  return [{ op: 'delete', kind: 'network', id: net.id, version: net.version }];
+  const ops: Op[] = [{ op: 'delete', kind: 'network', id: net.id, version: net.version }];
+  for (const { nodeId } of lbAddrsOn(store, net.id)) {
+    const node = store.get('node', nodeId)!;
+    const { version: _v, createdIndex: _c, lbAddrs, ...value } = node;
+    const rest = Object.fromEntries(Object.entries(lbAddrs ?? {}).filter(([k]) => k !== net.id));
+    ops.push({
+      op: 'update',
+      kind: 'node',
+      value: { ...value, lbAddrs: rest },
+      version: node.version,
+    });
+  }
+  return ops;
 }
 
 /**

@@ -53,6 +53,8 @@ export interface Node extends Meta {
   };
   /** Set by promote/demote until the role change has been carried out. */
   readonly desiredRole?: NodeRole;
+  /** Per network id, this node's load-balancer address (CIDR) on it (services allocate them). */
+  readonly lbAddrs?: Readonly<Record<string, string>>;
 }
 
 export interface Subnet {
@@ -292,6 +294,7 @@ const VALIDATORS: Record<Kind, Check> = {
       shape({ notAfter: req(int(0, Number.MAX_SAFE_INTEGER)), serial: req(str(255)) }),
     ),
     desiredRole: opt(oneOf(['manager', 'worker'])),
+    lbAddrs: opt(strRecord),
   }),
   network: shape({
     id: req(objectId),
