@@ -29,6 +29,7 @@ import {
   addrAdd,
   addrDel,
   addrList,
+  linkFind,
   linkSetUp,
   netnsCreate,
   netnsDelete,
@@ -404,6 +405,9 @@ export class ServiceLb {
     if (this.closed) throw new MeshError('ECLOSED', 'apply load balancer: it was closed');
     const nets = new Map(networks.map((n) => [n.id, n]));
     const want = this.plan(services, nets, localNetworks);
+    // Forget the marks of services that are gone (numbers are never reused: nextMark only grows).
+    const used = new Set([...want.values()].flatMap((w) => w.svcs.map((x) => x.key)));
+    for (const k of [...this.marks.keys()]) if (!used.has(k)) this.marks.delete(k);
     let changes = 0;
     for (const [netId, lb] of [...this.lbs]) {
       const w = want.get(netId);
@@ -479,6 +483,19 @@ export class ServiceLb {
       ns.close();
       await this.removeNs(name, net).catch(() => undefined);
       throw e;
+    }
+  }
+
+  /** The namespace still exists and still has its eth0 (and gw0 for ingress). */
+  private intact(lb: LbNs): boolean {
+    if (!netnsList().includes(lb.name)) return false;
+    const rt = NetlinkSocket.open(NETLINK_ROUTE, { netns: lb.ns });
+    try {
+      return (
+        linkFind(rt, 'eth0') !== undefined && (!lb.ingress || linkFind(rt, 'gw0') !== undefined)
+      );
+    } finally {
+      rt.close();
     }
   }
 
@@ -613,9 +630,8 @@ export class ServiceLb {
     if (this.closed) return 0;
     let n = 0;
     for (const lb of this.lbs.values()) {
-      const exists = netnsList().includes(lb.name);
-      if (!exists) {
-        // Someone removed the namespace: rebuild it whole.
+      if (!this.intact(lb)) {
+        // Someone removed the namespace or its interface: rebuild it whole.
         await this.teardown(lb);
         const fresh = await this.setup(lb.net);
         fresh.desired = lb.desired;

@@ -397,6 +397,9 @@ t.test('ServiceLb: VIPs, ingress routing mesh, host ports, scale down, draining'
   t.ok(fixed >= 2, `reconcile repaired ${fixed} drifts`);
   t.equal(await lbs[0]!.reconcile(), 0, 'a second reconcile finds nothing');
   t.equal((await lbs[0]!.show()).driftRepaired, fixed);
+  // The LB namespace's interface deleted by hand: reconcile rebuilds the namespace.
+  spawnSync('ip', ['-n', lbNs, 'link', 'del', 'eth0']);
+  t.ok((await lbs[0]!.reconcile()) >= 1, 'reconcile rebuilds an LB namespace that lost eth0');
   const rr = await counts(clients[0]!.ns, VIP, 8080, 4);
   t.equal(rr['fail'], undefined, 'VIP works after the repair');
 
