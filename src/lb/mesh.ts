@@ -239,11 +239,19 @@ export class ServiceLb {
   private lastReconcile: number | undefined;
   private driftRepaired = 0;
   private closed = false;
+  /** apply, reconcile, show and close run one at a time (namespaces are set up across awaits). */
+  private queue: Promise<unknown> = Promise.resolve();
 
   private constructor(opts: ServiceLbOptions, backend: 'ipvs' | 'nftables') {
     this.opts = opts;
     this.backendName = backend;
     this.now = opts.now ?? Date.now;
+  }
+
+  private serial<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.queue.then(fn, fn);
+    this.queue = run.catch(() => undefined);
+    return run;
   }
 
   /** Pick the backend (auto: IPVS when the kernel answers) and remove what a previous run left. */
@@ -396,11 +404,20 @@ export class ServiceLb {
    * ingress namespace while any service publishes ingress ports (and the ingress network has
    * this node's lbAddr), the host table and the port reservations. Returns the kernel changes.
    */
-  async apply(
+  apply(
     services: ServiceEntry[],
     networks: NetworkInfo[],
     localNetworks: Set<string>,
     hostTasks: HostTask[] = [],
+  ): Promise<{ changes: number }> {
+    return this.serial(() => this.applyNow(services, networks, localNetworks, hostTasks));
+  }
+
+  private async applyNow(
+    services: ServiceEntry[],
+    networks: NetworkInfo[],
+    localNetworks: Set<string>,
+    hostTasks: HostTask[],
   ): Promise<{ changes: number }> {
     if (this.closed) throw new MeshError('ECLOSED', 'apply load balancer: it was closed');
     const nets = new Map(networks.map((n) => [n.id, n]));
@@ -626,7 +643,11 @@ export class ServiceLb {
   }
 
   /** Re-apply the last table to the kernel; returns the repairs (drift) made. */
-  async reconcile(): Promise<number> {
+  reconcile(): Promise<number> {
+    return this.serial(() => this.reconcileNow());
+  }
+
+  private async reconcileNow(): Promise<number> {
     if (this.closed) return 0;
     let n = 0;
     for (const lb of this.lbs.values()) {
@@ -664,7 +685,11 @@ export class ServiceLb {
   }
 
   /** What this node's kernel holds, with connection counts, for `meshctl lb show`. */
-  async show(filter: { service?: string } = {}): Promise<LbShow> {
+  show(filter: { service?: string } = {}): Promise<LbShow> {
+    return this.serial(() => this.showNow(filter));
+  }
+
+  private async showNow(filter: { service?: string }): Promise<LbShow> {
     const entries: LbShowEntry[] = [];
     const match = (name: string, id: string): boolean =>
       filter.service === undefined ||
@@ -738,7 +763,11 @@ export class ServiceLb {
   }
 
   /** Remove everything: namespaces, host table, reservations. */
-  async close(): Promise<void> {
+  close(): Promise<void> {
+    return this.serial(() => this.closeNow());
+  }
+
+  private async closeNow(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     const errs: unknown[] = [];

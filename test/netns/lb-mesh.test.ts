@@ -39,7 +39,28 @@ const handle = (s) => {
   });
 };
 const srv = require('node:net').createServer(handle);
-srv.listen(8080, () => require('node:net').createServer(handle).listen(9090, () => console.log('ready')));
+srv.listen(8080, () => require('node:net').createServer(handle).listen(9090, () => {
+  const u = require('node:dgram').createSocket('udp4');
+  u.on('message', (m, r) => u.send(name + '\\n', r.port, r.address));
+  u.bind(8080, () => console.log('ready'));
+}));
+`;
+
+// N datagrams, each from a new socket (a new conntrack entry); prints counts like CLIENT.
+const UDP_CLIENT = `
+const [ip, port, n] = [process.argv[1], Number(process.argv[2]), Number(process.argv[3])];
+const dgram = require('node:dgram');
+const counts = {};
+function one() {
+  return new Promise((resolve) => {
+    const s = dgram.createSocket('udp4');
+    const done = (k) => { clearTimeout(tm); s.close(); counts[k] = (counts[k] || 0) + 1; resolve(); };
+    const tm = setTimeout(() => done('fail'), 1500);
+    s.on('message', (m) => done(String(m).trim()));
+    s.send('x', port, ip);
+  });
+}
+(async () => { for (let i = 0; i < n; i++) await one(); console.log(JSON.stringify(counts)); })();
 `;
 
 // N sequential connections, one line each; prints {"name": count, "fail": count}.
@@ -102,9 +123,15 @@ interface Task {
   gw?: string;
 }
 
-const counts = (ns: Netns, ip: string, port: number, n: number): Promise<Record<string, number>> =>
+const counts = (
+  ns: Netns,
+  ip: string,
+  port: number,
+  n: number,
+  code = CLIENT,
+): Promise<Record<string, number>> =>
   new Promise((resolve, reject) => {
-    const c = spawnInNetns(ns, process.execPath, ['-e', CLIENT, ip, String(port), String(n)], {
+    const c = spawnInNetns(ns, process.execPath, ['-e', code, ip, String(port), String(n)], {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let out = '';
@@ -281,6 +308,8 @@ t.test('ServiceLb: VIPs, ingress routing mesh, host ports, scale down, draining'
       `VIP from ${c.host.name}: all 3 backends (${JSON.stringify(r)})`,
     );
     t.equal(r['fail'], undefined);
+    const u = await counts(c.ns, VIP, 8080, 9, UDP_CLIENT);
+    t.same(Object.keys(u).sort(), names, `UDP VIP from ${c.host.name}: ${JSON.stringify(u)}`);
     // Port 0 = all ports: another port of the VIP reaches the tasks on that same port.
     const r2 = await counts(c.ns, VIP, 9090, 6);
     t.same(Object.keys(r2).sort(), names, `VIP:9090 from ${c.host.name}: ${JSON.stringify(r2)}`);
