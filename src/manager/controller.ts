@@ -95,6 +95,7 @@ export class ServiceController {
       return;
     }
     this.running = true;
+    let conflicts = 0;
     try {
       do {
         this.again = false;
@@ -107,8 +108,10 @@ export class ServiceController {
           this.stats.commits++;
         } catch (e) {
           if (e instanceof MeshError && e.code === 'ECONFLICT') {
+            // Another writer changed what the plan read: plan again from the new state, a few
+            // times; the next store change or tick tries again after that.
             this.stats.conflicts++;
-            this.again = this.stats.conflicts % 8 !== 0;
+            this.again = ++conflicts < ATTEMPTS;
           } else {
             this.stats.errors++;
             this.lastError = (e as Error).message;
