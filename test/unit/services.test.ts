@@ -15,6 +15,7 @@ function throwsWith(t: Test, f: () => unknown, ok: (e: unknown) => boolean, msg?
   }
 }
 
+import { parseDuration, parsePort, parseServiceArgs } from '../../src/cli/service.js';
 import { ServiceController, type ControllerHost } from '../../src/manager/controller.js';
 import {
   addressesInUse,
@@ -355,4 +356,71 @@ t.test('controller: create, the loop places tasks, conflicts retried, remove', a
     await until(() => h.store.count('service') === 0 && h.store.count('task') === 0),
     'service and tasks gone',
   );
+});
+
+t.test('meshctl service options make a body the controller accepts', async (t) => {
+  const h = setup();
+  const p = parseServiceArgs([
+    '--name',
+    'web',
+    '--replicas',
+    '3',
+    '--network',
+    'app:www,w2',
+    '-p',
+    '8080:80',
+    '-p',
+    '9000:90/udp',
+    '--publish',
+    'published=53,target=53,protocol=udp,mode=host',
+    '--constraint',
+    'node.role==worker',
+    '-e',
+    'A=1=2',
+    '--restart-condition',
+    'on-failure',
+    '--restart-delay',
+    '1.5s',
+    '--update-parallelism',
+    '2',
+    '--update-delay',
+    '500ms',
+    '--update-failure-action',
+    'rollback',
+    '--health-cmd',
+    'true',
+    '--health-interval',
+    '1s',
+    '--stop-grace-period',
+    '2m',
+    '--detach',
+    '--',
+    'node',
+    '-e',
+    'x',
+  ]);
+  t.equal(p.detach, true);
+  const s = parseServiceRequest(h.store, p.body);
+  t.same(s.task.cmd, ['node', '-e', 'x']);
+  t.same(s.networks, [{ network: 'app', aliases: ['www', 'w2'] }]);
+  t.same(
+    s.endpoint.ports.map((x) => `${x.published}:${x.target}/${x.protocol}/${x.mode}`),
+    ['8080:80/tcp/ingress', '9000:90/udp/ingress', '53:53/udp/host'],
+  );
+  t.same(s.task.env, { A: '1=2' });
+  t.same(s.task.restart, { condition: 'on-failure', delayMs: 1500, maxAttempts: 0, windowMs: 0 });
+  t.equal(s.update.parallelism, 2);
+  t.equal(s.update.delayMs, 500);
+  t.equal(s.update.failureAction, 'rollback');
+  t.same(s.task.health?.cmd, ['sh', '-c', 'true']);
+  t.equal(s.task.health?.intervalMs, 1000);
+  t.equal(s.task.stopGraceMs, 120_000);
+  const u = parseServiceArgs(['--force', '-e', 'B=2', 'web']);
+  t.same(u.positional, ['web']);
+  t.same(u.body, { force: true, env: { B: '2' } });
+  t.same(parsePort('80'), { target: 80 }, 'auto published port');
+  for (const bad of [['--replicas', 'x'], ['--restart-delay', '5'], ['-p', '80:'], ['--bogus']]) {
+    throwsWith(t, () => parseServiceArgs(bad), code('EUSAGE'), bad.join(' '));
+  }
+  t.equal(parseDuration('2h', 'x'), 7_200_000);
 });
