@@ -1,8 +1,8 @@
 /**
  * The spread scheduler: which node a new service task goes to. Only nodes that are `ready` and
  * `active` and satisfy the placement constraints qualify; nodes where a live task already holds
- * one of the task's host-mode ports are filtered out. Among the rest: nodes without recent
- * failures of this service first, then fewest tasks of this service, then fewest tasks overall,
+ * one of the task's host-mode ports are filtered out. Among the rest: nodes where this service
+ * is not crash-looping (fewer than MAX_RECENT_FAILURES failures in FAILURE_WINDOW_MS) first, then fewest tasks of this service, then fewest tasks overall,
  * then node id (so equal inputs give equal answers).
  *
  * Pure: no clock (callers pass `now`), no randomness, no I/O.
@@ -13,7 +13,11 @@ import { MeshError } from '../util/errors.js';
 import type { Node } from './objects.js';
 import type { PortSpec } from './service-types.js';
 
-/** Failures of a service on a node within this long push the node back for that service. */
+/**
+ * This many failures of a service on a node within FAILURE_WINDOW_MS push the node back for
+ * that service (as Swarm does with 5): one crash must not send every later task elsewhere.
+ */
+export const MAX_RECENT_FAILURES = 3;
 export const FAILURE_WINDOW_MS = 5 * 60_000;
 
 export interface Constraint {
@@ -105,7 +109,9 @@ export function pickNode(
       portBlocked++;
       continue;
     }
-    const recent = (l.failures.get(req.serviceId) ?? []).some((at) => now - at < FAILURE_WINDOW_MS);
+    const recent =
+      (l.failures.get(req.serviceId) ?? []).filter((at) => now - at < FAILURE_WINDOW_MS).length >=
+      MAX_RECENT_FAILURES;
     const key: [number, number, number] = [
       recent ? 1 : 0,
       l.perService.get(req.serviceId) ?? 0,
