@@ -9,8 +9,12 @@ import { parseArgs } from 'node:util';
 import { MeshError, UsageError } from '../util/errors.js';
 import { VERSION } from '../util/version.js';
 import { call } from './client.js';
+import { LB_HELP, lbCmd } from './lb.js';
+import { SERVICE_HELP, serviceCmd } from './service.js';
 
-const HELP = `meshctl — drive the Mesh networking daemon
+const helpText = (): string => HELP_HEAD + SERVICE_HELP + LB_HELP + HELP_TAIL;
+
+const HELP_HEAD = `meshctl — drive the Mesh networking daemon
 
 Usage: meshctl [--host SOCKET] COMMAND [--json]
 
@@ -41,7 +45,9 @@ Commands:
   ps             tasks on this node: name, state, networks and addresses
   rm TASK...     stop and remove tasks (addresses go back to the network)
   logs TASK      a task's output
-  version        client and daemon versions
+`;
+
+const HELP_TAIL = `  version        client and daemon versions
   debug gossip   this node's view of gossip: members (address, state, incarnation,
                  time since the last change), health score, keys, packet counters
   debug raft     this manager's raft state and counters
@@ -54,8 +60,7 @@ Global options:
   --version      print the client version
   --help         print this help
 
-NODE is a node id, a unique id prefix or a host name. The net, service and lb commands are
-being built; see docs/cli.md.
+NODE is a node id, a unique id prefix or a host name; see docs/cli.md.
 `;
 
 interface Args {
@@ -619,7 +624,7 @@ export async function run(argv: readonly string[]): Promise<number> {
       return 0;
     }
     if (a === 'help' || a.words[0] === 'help') {
-      process.stdout.write(HELP);
+      process.stdout.write(helpText());
       return 0;
     }
     switch (a.words[0]) {
@@ -657,6 +662,10 @@ export async function run(argv: readonly string[]): Promise<number> {
       case 'network':
         await netCmd(a);
         return 0;
+      case 'service':
+        return await serviceCmd({ host: a.host, json: a.json, words: a.words.slice(1) });
+      case 'lb':
+        return await lbCmd({ host: a.host, json: a.json, words: a.words.slice(1) });
       case 'run':
         return await runCmd(a);
       case 'ps':

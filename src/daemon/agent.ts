@@ -8,6 +8,8 @@
  * May import: agent/, netdb/, util/, ./api, ./cluster, ./config, ./gossip.
  */
 import { Agent, type PeerTables } from '../agent/agent.js';
+import { Worker } from '../agent/worker.js';
+import { ServiceLb } from '../lb/mesh.js';
 import { NetworkDB } from '../netdb/netdb.js';
 import { MeshError, UsageError } from '../util/errors.js';
 import { createLogger } from '../util/log.js';
@@ -22,6 +24,9 @@ export class AgentRole {
   private agent: Agent | undefined;
   private starting: Promise<Agent> | undefined;
   private netdb: NetworkDB | undefined;
+  private worker: Worker | undefined;
+  private lb: ServiceLb | undefined;
+  private lbTimer: NodeJS.Timeout | undefined;
 
   private constructor(
     private readonly cfg: DaemonConfig,
@@ -38,6 +43,14 @@ export class AgentRole {
     const r = new AgentRole(cfg, cluster, gossip);
     r.routes(api);
     if (cluster.inCluster && gossip) await r.ensure();
+    // After init/join the node takes service tasks without waiting for a first `meshctl run`.
+    if (gossip) {
+      cluster.onSession(() => {
+        if (cluster.inCluster) {
+          void r.ensure().catch((e: unknown) => log.warn('agent start failed', { err: e }));
+        }
+      });
+    }
     return r;
   }
 
@@ -73,8 +86,32 @@ export class AgentRole {
         tables,
         manager: (method, params) => this.cluster.managerRpc(method, params),
       });
+      const lb = await ServiceLb.start({
+        netnsPrefix: this.cfg.netnsPrefix,
+        backend: this.cfg.lbBackend,
+        overlay: agent.overlay,
+        nodeId: this.cluster.nodeId!,
+        vtep,
+      });
+      this.lb = lb;
+      // Drift (a hand-deleted rule, alias or namespace) is repaired and counted (`lb show`).
+      this.lbTimer = setInterval(() => {
+        void lb.reconcile().catch((e: unknown) => log.warn('lb reconcile failed', { err: e }));
+      }, 30_000);
       this.agent = agent;
-      log.info('agent started', { vtep, dataPathPort: this.cfg.dataPathPort });
+      this.worker = new Worker({
+        lb,
+        nodeId: this.cluster.nodeId!,
+        nodeName: this.cfg.nodeName,
+        agent,
+        rpc: (method, params, timeoutMs) => this.cluster.managerRpc(method, params, timeoutMs),
+      });
+      this.worker.start();
+      log.info('agent started', {
+        vtep,
+        dataPathPort: this.cfg.dataPathPort,
+        lbBackend: lb.backendName,
+      });
       return agent;
     })().catch((e: unknown) => {
       this.starting = undefined;
@@ -123,13 +160,24 @@ export class AgentRole {
       await (await this.ensure()).remove(id);
       return { removed: id };
     });
+    api.route('GET', '/v1/lb', async ({ query }) => {
+      await this.ensure();
+      const service = query.get('service');
+      return this.lb!.show(service ? { service } : {});
+    });
     api.route('GET', '/v1/debug/overlay', async () => {
       const agent = await this.ensure();
-      return { agent: agent.status(), netdb: this.netdb?.counters() };
+      return {
+        agent: agent.status(),
+        netdb: this.netdb?.counters(),
+        worker: this.worker?.status(),
+      };
     });
   }
 
   stop(): void {
+    void this.worker?.close();
+    if (this.lbTimer) clearInterval(this.lbTimer);
     this.agent?.close();
     this.netdb?.close();
   }

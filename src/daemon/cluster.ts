@@ -49,6 +49,7 @@ export class ClusterRole {
   private session: NodeJS.Timeout | undefined;
   private rpc: { addr: string; client: RpcClient } | undefined;
   private heartbeatMs = 2000;
+  private readonly sessionListeners: (() => void)[] = [];
   private lastHeartbeatOk = 0;
   private lastHeartbeatError = '';
   private changing = false;
@@ -354,7 +355,14 @@ export class ClusterRole {
 
   // ---- agent session ----
 
+  /** Call `cb` whenever this node starts a session in a cluster (start, init, join). */
+  onSession(cb: () => void): void {
+    this.sessionListeners.push(cb);
+    if (this.session) cb();
+  }
+
   private startSession(): void {
+    for (const cb of this.sessionListeners) queueMicrotask(cb);
     this.stopSession();
     const beat = (): void => {
       if (this.stopped) return;
@@ -378,6 +386,11 @@ export class ClusterRole {
   /** True once this node belongs to a cluster (init or join done). */
   get inCluster(): boolean {
     return this.state !== null && this.creds !== null;
+  }
+
+  /** This node's id in the cluster (undefined outside one). */
+  get nodeId(): string | undefined {
+    return this.state?.nodeId;
   }
 
   /** RPC to the managers for other roles (the agent): same as the heartbeat's path. */
@@ -676,6 +689,68 @@ export class ClusterRole {
       const id = text(body(b).id);
       await this.requireManager('net rm').removeNetwork(id);
       return { removed: id };
+    });
+    // Services (issue 6): the controller validates bodies itself (EUSAGE → exit 2).
+    api.route('POST', '/v1/services', ({ body: b }) =>
+      this.requireManager('service create').services.create(b),
+    );
+    api.route('GET', '/v1/services', () => this.requireManager('service ls').services.list());
+    api.route('GET', '/v1/service', ({ query }) =>
+      this.requireManager('service inspect').services.inspect(query.get('id') ?? ''),
+    );
+    api.route('POST', '/v1/service/update', ({ body: b }) =>
+      this.requireManager('service update').services.update(text(body(b).id), b),
+    );
+    api.route('POST', '/v1/service/scale', ({ body: b }) => {
+      const o = body(b);
+      if (typeof o.replicas !== 'number' || !Number.isSafeInteger(o.replicas) || o.replicas < 0) {
+        throw new UsageError('service scale: replicas must be a whole number ≥ 0');
+      }
+      return this.requireManager('service scale').services.scale(text(o.id), o.replicas);
+    });
+    api.route('POST', '/v1/service/rollback', ({ body: b }) =>
+      this.requireManager('service rollback').services.rollback(text(body(b).id)),
+    );
+    api.route('POST', '/v1/service/rm', async ({ body: b }) => {
+      const id = text(body(b).id);
+      await this.requireManager('service rm').services.remove(id);
+      return { removed: id };
+    });
+    api.route('GET', '/v1/service/tasks', ({ query }) => {
+      const id = query.get('id');
+      return this.requireManager('service ps').services.tasks(id ?? undefined);
+    });
+    api.route('GET', '/v1/service/logs', async ({ query }) => {
+      const m = this.requireManager('service logs');
+      const tail = Number(query.get('tail') ?? '0');
+      if (!Number.isSafeInteger(tail) || tail < 0) {
+        throw new UsageError('service logs: --tail wants a whole number ≥ 0');
+      }
+      const svc = await m.services.inspect(query.get('id') ?? '');
+      const tasks = m.store.list('task', (t) => t.serviceId === svc.id && t.nodeId !== undefined);
+      const byNode = new Map<string, typeof tasks>();
+      for (const t of tasks) byNode.set(t.nodeId!, [...(byNode.get(t.nodeId!) ?? []), t]);
+      const logs: Record<string, string> = {};
+      const missing: string[] = [];
+      await Promise.all(
+        [...byNode].map(async ([nodeId, ts]) => {
+          try {
+            const got = await m.dispatcher.requestLogs(
+              nodeId,
+              ts.map((t) => t.id),
+              tail,
+              5_000,
+            );
+            for (const t of ts) {
+              if (got[t.id] !== undefined) logs[t.name] = got[t.id]!;
+            }
+          } catch (e) {
+            const host = m.store.get('node', nodeId)?.hostname ?? nodeId;
+            missing.push(`${host}: ${(e as Error).message}`);
+          }
+        }),
+      );
+      return { logs, missing };
     });
     // Debug register: what the fault test and the raft benchmark drive. Writes are raft
     // commits; reads pass a ReadIndex barrier first, so both are linearizable.

@@ -44,6 +44,16 @@ export interface DaemonConfig {
    * each need their own; a real node keeps the default. @default ''
    */
   netnsPrefix: string;
+  /**
+   * Load-balancer backend for service VIPs and published ports: IPVS when the kernel has it
+   * (`auto`), else nftables. @default auto
+   */
+  lbBackend: 'auto' | 'ipvs' | 'nftables';
+  /**
+   * Resolvers the tasks' embedded DNS forwards names it does not own to, `IP[:PORT]`.
+   * @default the nameservers of /etc/resolv.conf (loopback ones skipped)
+   */
+  dnsUpstreams: string[] | undefined;
 }
 
 export const DEFAULTS: Readonly<DaemonConfig> = Object.freeze({
@@ -59,6 +69,8 @@ export const DEFAULTS: Readonly<DaemonConfig> = Object.freeze({
   gossipKeyFile: undefined,
   forceNewCluster: false,
   netnsPrefix: '',
+  lbBackend: 'auto',
+  dnsUpstreams: undefined,
 });
 
 export const USAGE = `meshd — the Mesh networking daemon (one per node, runs as root)
@@ -78,6 +90,11 @@ Options:
   --gossip-key-file FILE  base64 gossip keys, one per line, first is primary
   --netns-prefix PREFIX   prefix for the namespaces this meshd creates (several meshd on one
                           machine each need their own; default none)
+  --lb-backend KIND       auto|ipvs|nftables: how service VIPs and published ports are
+                          balanced (default auto: IPVS when the kernel has it)
+  --dns-upstream IP[:PORT]
+                          resolver the tasks' DNS forwards other names to (repeatable;
+                          default the nameservers in /etc/resolv.conf)
   --force-new-cluster     quorum lost for good: restart as the only manager, keeping the
                           committed state (join the other managers again afterwards)
   --version               print the version
@@ -85,8 +102,9 @@ Options:
 
 meshd runs in the foreground and stops cleanly on SIGTERM or SIGINT (leaving gossip
 gracefully). It serves the API socket; with --advertise-addr it also runs the gossip agent
-(memberlist-compatible, UDP+TCP --gossip-port). The overlay, load-balancing and manager
-roles are being built (see docs/daemon.md).
+(memberlist-compatible, UDP+TCP --gossip-port). Once the node is in a cluster
+(meshctl cluster init|join) it runs tasks, overlays, the load balancer and the tasks' DNS;
+managers also keep the replicated store (see docs/daemon.md).
 `;
 
 function port(field: string, v: string): number {
@@ -120,6 +138,8 @@ export function parseDaemonArgs(
         'gossip-key-file': { type: 'string' },
         'force-new-cluster': { type: 'boolean' },
         'netns-prefix': { type: 'string' },
+        'lb-backend': { type: 'string' },
+        'dns-upstream': { type: 'string', multiple: true },
         version: { type: 'boolean', short: 'v' },
         help: { type: 'boolean', short: 'h' },
       },
@@ -153,6 +173,22 @@ export function parseDaemonArgs(
   if (o['gossip-key-file'] !== undefined) cfg.gossipKeyFile = o['gossip-key-file'];
   if (o['force-new-cluster']) cfg.forceNewCluster = true;
   if (o['netns-prefix'] !== undefined) cfg.netnsPrefix = o['netns-prefix'];
+  if (o['lb-backend'] !== undefined) {
+    const b = o['lb-backend'];
+    if (b !== 'auto' && b !== 'ipvs' && b !== 'nftables') {
+      throw new UsageError(`--lb-backend ${JSON.stringify(b)}: want auto, ipvs or nftables`);
+    }
+    cfg.lbBackend = b;
+  }
+  if (o['dns-upstream'] !== undefined) {
+    for (const u of o['dns-upstream']) {
+      const m = /^([^:]+)(?::(\d+))?$/.exec(u);
+      if (!m || isIP(m[1]!) !== 4 || (m[2] !== undefined && (+m[2] < 1 || +m[2] > 65535))) {
+        throw new UsageError(`--dns-upstream ${JSON.stringify(u)}: want IPv4[:PORT]`);
+      }
+    }
+    cfg.dnsUpstreams = o['dns-upstream'];
+  }
   const level = o['log-level'] ?? env.MESH_LOG;
   if (level !== undefined) {
     if (!isLogLevel(level))

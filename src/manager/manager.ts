@@ -26,6 +26,7 @@ import {
   type NodeState,
 } from './identity.js';
 import { CLUSTER_ID, type Cluster, type Node } from './objects.js';
+import type { DispatcherRpc } from './service-types.js';
 import {
   caDigest,
   certIdentity,
@@ -46,6 +47,8 @@ import {
   type NetworkView,
 } from './networks.js';
 import { RaftNode, decodeProposal } from './raftnode.js';
+import { ServiceController } from './controller.js';
+import { Dispatcher } from './dispatcher.js';
 import { Store, encodeCommand, type ApplyResult, type Op } from './store.js';
 
 const log = createLogger('manager');
@@ -108,6 +111,10 @@ export class Manager {
   readonly raft: RaftNode;
   readonly server: ControlServer;
   readonly transport: RaftTransport;
+  /** Services: specs, allocation, scheduling, orchestration (runs while leader). */
+  readonly services: ServiceController;
+  /** Agent sessions: assignments, task status, load-balancer acks, log relay (leader only). */
+  readonly dispatcher: Dispatcher;
   private readonly files: NodeFiles;
   private state: NodeState;
   private creds: Credentials;
@@ -135,6 +142,16 @@ export class Manager {
     this.server = server;
     this.transport = transport;
     this.onRemoved = opts.onRemoved;
+    const host = {
+      store,
+      commit: (ops: Op[]) => this.commit(ops),
+      read: <T>(f: (s: Store) => T) => this.read(f),
+      isLeader: () => this.raft.isLeader && !this.closed,
+      now: () => Date.now(),
+      appliedIndex: () => store.appliedIndex,
+    };
+    this.services = new ServiceController(host);
+    this.dispatcher = new Dispatcher(host);
   }
 
   static async start(opts: ManagerOptions): Promise<Manager> {
@@ -191,6 +208,7 @@ export class Manager {
     holder.m = m;
     m.syncPeersFromStore();
     m.registerRpc();
+    m.services.start();
     m.housekeeping = setInterval(() => void m.tick(), 250);
     log.info('manager started', {
       raftId,
@@ -329,6 +347,35 @@ export class Manager {
       this.handleRenew(params as { csrPem: string }, peer),
     );
     this.server.register('leave', (_params, peer) => this.handleLeave(peer));
+    const session = <P, R>(what: string, f: (nodeId: string, p: P) => Promise<R>) => {
+      return async (params: unknown, peer: PeerIdentity | null): Promise<R> => {
+        const p = this.requirePeer(peer, what);
+        this.requireLeader(what);
+        if (params === null || typeof params !== 'object') {
+          throw new MeshError('EUSAGE', `${what}: parameters must be an object`);
+        }
+        return f(p.nodeId, params as P);
+      };
+    };
+    const d = this.dispatcher;
+    this.server.register(
+      'dispatcher.assignments',
+      session('assignments', (n, p: DispatcherRpc['dispatcher.assignments']) =>
+        d.assignments(n, p),
+      ),
+    );
+    this.server.register(
+      'dispatcher.status',
+      session('task status', (n, p: DispatcherRpc['dispatcher.status']) => d.status(n, p)),
+    );
+    this.server.register(
+      'dispatcher.lbWait',
+      session('lb wait', (n, p: DispatcherRpc['dispatcher.lbWait']) => d.lbWait(n, p)),
+    );
+    this.server.register(
+      'dispatcher.logs',
+      session('task logs', (n, p: DispatcherRpc['dispatcher.logs']) => d.logs(n, p)),
+    );
     this.server.register('network.attach', (params, peer) => {
       const p = this.requirePeer(peer, 'attach');
       const o = (params ?? {}) as { networkRef?: unknown; taskId?: unknown; taskName?: unknown };
@@ -872,6 +919,8 @@ export class Manager {
     if (this.closed) return;
     this.closed = true;
     if (this.housekeeping) clearInterval(this.housekeeping);
+    this.services.stop();
+    this.dispatcher.close();
     await this.server.close();
     this.transport.close();
     await this.raft.close();
