@@ -873,13 +873,24 @@ export class OverlayDriver {
   private ensureGwBridge(): number {
     const under = this.underlay();
     let fixes = 0;
+    // A fixed MAC: a bridge without one takes the lowest of its ports' and changes it as tasks
+    // come and go, and namespaces that cached the old one (the ingress namespace's default
+    // route) then send to a port instead of the host: published ports went dark for seconds.
+    const gwMac = macFromIp(bareIp(this.gwAddr));
     let br = linkFind(this.host, GW_BRIDGE);
     if (!br) {
-      linkAdd(this.host, { kind: 'bridge', name: GW_BRIDGE, mtu: under.mtu, up: true, stp: false });
+      linkAdd(this.host, {
+        kind: 'bridge',
+        name: GW_BRIDGE,
+        mtu: under.mtu,
+        mac: gwMac,
+        up: true,
+        stp: false,
+      });
       br = linkGet(this.host, GW_BRIDGE);
       fixes++;
-    } else if (!br.up) {
-      linkSet(this.host, br.index, { up: true });
+    } else if (!br.up || br.mac !== gwMac) {
+      linkSet(this.host, br.index, { up: true, mac: gwMac });
       fixes++;
     }
     if (
