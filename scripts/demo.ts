@@ -1,11 +1,11 @@
 /**
  * The README's first command: a Mesh cluster on three namespaced hosts, end to end with real
  * meshd processes. Hosts on an underlay bridge (198.18.0.0/24); `cluster init` on the first,
- * the others join as managers with a token; an attachable overlay network; on every host a task
- * (a tiny HTTP server naming its task and node) attached to it; every task requests every other
- * across hosts over VXLAN; the programmed state read back with iproute2; one host's meshd is
- * killed with -9 and the overlay keeps answering (the data path does not depend on the daemon);
- * everything is removed. (Services with a published port on every node join when they exist.)
+ * the others join as managers with a token; an overlay network; a 6-replica HTTP service whose
+ * answers name the task and node, published on port 8080; port 8080 requested on every host and
+ * answered by tasks on all hosts (the routing mesh); `meshctl lb show`; host h3 killed (its
+ * meshd and tasks, kill -9) and the service answering again at 6 replicas from h1 and h2;
+ * everything removed.
  */
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -13,15 +13,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { netnsList } from '../src/netlink/index.js';
 import { MeshHosts, until } from '../test/lib/meshd.js';
-import { TestNet, type TestHost } from '../test/lib/testnet.js';
+import { TestNet, killNetnsProcs, type TestHost } from '../test/lib/testnet.js';
 
 const say = (s: string): boolean => process.stdout.write(`${s}\n`);
-
-interface TaskView {
-  name: string;
-  netns: string;
-  networks: { address: string }[];
-}
 
 async function main(): Promise<number> {
   if (process.getuid?.() !== 0) {
@@ -36,13 +30,13 @@ async function main(): Promise<number> {
     say(`$ meshctl ${args.join(' ')}    # on h${h.index}`);
     process.stdout.write(ctl(h, ...args));
   };
-  const get = (task: TaskView, url: string): string =>
+  const get = (ns: string, url: string): string =>
     spawnSync(
       'ip',
       [
         'netns',
         'exec',
-        task.netns,
+        ns,
         process.execPath,
         '-e',
         `fetch(${JSON.stringify(url)},{signal:AbortSignal.timeout(1500)}).then(r=>r.text()).then(t=>process.stdout.write(t),()=>process.exit(1))`,
@@ -62,50 +56,84 @@ async function main(): Promise<number> {
     for (const h of [h2, h3]) show(h, 'cluster', 'join', '--token', token, `${h1.addr}:2377`);
     show(h2, 'node', 'ls');
 
-    say('\n== an attachable overlay network, and a task on every host');
-    show(h1, 'net', 'create', '--attachable', 'web');
-    for (const h of net.hosts) {
-      const name = `web${h.index}`;
-      const js = `require('http').createServer((q,s)=>s.end('hello from task ${name} on node h${h.index}\\n')).listen(8080)`;
-      ctl(h, 'run', '-d', '--name', name, '--network', 'web', '--', process.execPath, '-e', js);
-    }
-    const tasks = net.hosts.map((h) => (JSON.parse(ctl(h, 'ps', '--json')) as TaskView[])[0]!);
-    show(h1, 'net', 'inspect', 'web');
-
-    say('\n== every task requests every other, across hosts, over VXLAN (udp/4789)');
-    let answered = 0;
-    for (const [i, a] of tasks.entries()) {
-      for (const [j, b] of tasks.entries()) {
-        if (i === j) continue;
-        const ip = b.networks[0]!.address.split('/')[0]!;
-        let body = '';
-        await until(`${a.name} to reach ${ip}`, () => (body = get(a, `http://${ip}:8080/`)) !== '');
-        say(`${a.name} (h${i + 1}) -> http://${ip}:8080  ${body}`);
-        answered++;
-      }
-    }
-    say(`== all ${answered} paths answered`);
-
-    say('\n== what meshd programmed on h1 (iproute2 reads it back)');
-    const ovns = `${h1.name}-mesh-ov-4097`;
-    for (const args of [
-      ['-n', ovns, '-d', 'link', 'show', 'vx-4097'],
-      ['-n', ovns, 'neigh', 'show', 'dev', 'vx-4097'],
-    ]) {
-      say(`$ ip ${args.join(' ')}`);
-      process.stdout.write(spawnSync('ip', args, { encoding: 'utf8' }).stdout);
-    }
-    say(`$ bridge -n ${ovns} fdb show dev vx-4097`);
-    process.stdout.write(
-      spawnSync('bridge', ['-n', ovns, 'fdb', 'show', 'dev', 'vx-4097'], { encoding: 'utf8' })
-        .stdout,
+    say('\n== an overlay network and a 6-replica HTTP service published on port 8080');
+    show(h1, 'net', 'create', 'app');
+    const server = `require('http').createServer((q,s)=>s.end('hello from '+process.env.MESH_TASK_NAME+' on node '+process.env.MESH_NODE_NAME+'\\n')).listen(80)`;
+    show(
+      h1,
+      'service',
+      'create',
+      '--name',
+      'web',
+      '--replicas',
+      '6',
+      '--network',
+      'app',
+      '-p',
+      '8080:80',
+      '--',
+      process.execPath,
+      '-e',
+      server,
     );
+    show(h1, 'service', 'ps', 'web');
 
-    say('\n== kill -9 the meshd of h3: the data path keeps working without it');
+    /** `n` requests (new connections) from h1 to port 8080 of host `h`; answers counted. */
+    const request = (h: TestHost, n: number): Map<string, number> => {
+      const seen = new Map<string, number>();
+      for (let i = 0; i < n; i++) {
+        const body = get(h1.name, `http://${h.addr}:8080/`);
+        if (body) seen.set(body, (seen.get(body) ?? 0) + 1);
+      }
+      return seen;
+    };
+    const showAnswers = (hosts: TestHost[], n: number): Set<string> => {
+      const nodes = new Set<string>();
+      for (const h of hosts) {
+        const seen = request(h, n);
+        say(`-- ${n} requests to http://${h.addr}:8080 (h${h.index}):`);
+        for (const [body, count] of [...seen].sort()) {
+          say(`   ${count} x ${body}`);
+          nodes.add(body.replace(/.* on node /, ''));
+        }
+      }
+      return nodes;
+    };
+    say('\n== port 8080 on every host answers, from tasks on every host (the routing mesh)');
+    await until('port 8080 answering on every host', () =>
+      net.hosts.every((h) => request(h, 1).size > 0),
+    );
+    const nodes = showAnswers(net.hosts, 12);
+    say(`== answers came from tasks on ${[...nodes].sort().join(', ')}`);
+
+    say('\n== the load balancer on h1, as meshctl lb show explains it');
+    show(h1, 'lb', 'show', '--service', 'web');
+
+    say('\n== kill -9 host h3 (its meshd and its tasks): the service answers again from h1 and h2');
+    const killedAt = Date.now();
     mh.procs.get(h3.index)!.kill('SIGKILL');
-    await new Promise((r) => setTimeout(r, 300));
-    const ip3 = tasks[2]!.networks[0]!.address.split('/')[0]!;
-    say(`web1 (h1) -> http://${ip3}:8080  ${get(tasks[0]!, `http://${ip3}:8080/`) || 'NO ANSWER'}`);
+    for (const ns of netnsList().filter((n) => n.startsWith(`${h3.name}`))) {
+      killNetnsProcs(`/run/netns/${ns}`);
+    }
+    await until(
+      '6 replicas running on h1 and h2',
+      () =>
+        (
+          JSON.parse(ctl(h1, 'service', 'ps', 'web', '--json')) as {
+            node: string;
+            desired: string;
+            state: string;
+          }[]
+        ).filter((r) => r.desired === 'running' && r.state === 'running' && r.node !== 'h3')
+          .length === 6,
+      60_000,
+    );
+    say(
+      `== 6 replicas running again ${((Date.now() - killedAt) / 1000).toFixed(1)} s after the kill`,
+    );
+    show(h1, 'service', 'ps', 'web');
+    const after = showAnswers([h1, h2], 12);
+    say(`== answers came from tasks on ${[...after].sort().join(', ')}`);
     return 0;
   } finally {
     mh.killAll();

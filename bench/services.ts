@@ -1,0 +1,219 @@
+/**
+ * Services end to end on real meshd processes (3 namespaced hosts: h1 and h2 managers, h3 a
+ * worker; nftables backend), a 3-replica HTTP service published on port 8080 whose answers name
+ * the task:
+ *
+ * - scale_serving: R rounds of `meshctl service scale web 6 --detach` then back to 3. A prober
+ *   process in every host requests http://<own address>:8080/ back to back (a new connection
+ *   each time, so every request is balanced afresh) and prints the task name of each answer
+ *   with its time. For each new replica and each node: the time from the scale command to its
+ *   first answer there. p50/p99 over (replica, node) pairs of every round. A pair not seen
+ *   within --timeout-ms counts as the timeout and is reported.
+ * - node_kill_recovery: kill -9 of h3's meshd and every process in its namespaces (its
+ *   tasks), t0 at the kill; done when the managers report 3 running replicas off h3 and the
+ *   probers on h1 and h2 have each had answers from all 3 of them after t0.
+ *
+ * There is no peer to run beside it here (no Swarm on this machine): `"peer":{}`. For scale
+ * Swarm documents nothing; its node failure detection alone takes 15 s (dispatcher heartbeat
+ * 5 s × grace 3), ours marks a node down in 5 s.
+ *
+ * `npm run bench -- services [--rounds R] [--timeout-ms MS]`. Everything runs in namespaces
+ * the bench creates and removes, also when it fails; a run takes 1–3 minutes.
+ */
+import { spawnSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { MeshHosts, until } from '../test/lib/meshd.js';
+import { TestNet, killNetnsProcs, type TestHost } from '../test/lib/testnet.js';
+
+const SERVER = [
+  'node',
+  '-e',
+  "require('http').createServer((q,r)=>r.end(process.env.MESH_TASK_NAME+'\\n')).listen(80)",
+];
+
+/** Requests the host's own published port forever (killed by the bench); one line per answer. */
+const PROBER = `
+const http = require('http');
+const url = process.argv[1];
+const once = () => {
+  const req = http.get(url, { agent: false, timeout: 1000 }, (res) => {
+    let b = '';
+    res.on('data', (d) => (b += d));
+    res.on('end', () => { process.stdout.write(Date.now() + ' ' + b.trim() + '\\n'); setImmediate(once); });
+  });
+  req.on('timeout', () => req.destroy());
+  req.on('error', () => setTimeout(once, 20));
+};
+once();
+`;
+
+function arg(args: string[], name: string, def: number): number {
+  const i = args.indexOf(name);
+  if (i < 0) return def;
+  const v = Number(args[i + 1]);
+  if (!Number.isFinite(v) || v < 1) throw new Error(`bench services: ${name} wants a number ≥ 1`);
+  return v;
+}
+
+const pct = (xs: number[], p: number): number => {
+  if (xs.length === 0) return NaN;
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)]!;
+};
+
+interface TaskRow {
+  id: string;
+  name: string;
+  node: string;
+  desired: string;
+  state: string;
+}
+
+export async function main(args: string[]): Promise<void> {
+  const rounds = arg(args, '--rounds', 5);
+  const timeoutMs = arg(args, '--timeout-ms', 30_000);
+  const net = TestNet.create({ hosts: 3 });
+  const dir = mkdtempSync(join(tmpdir(), 'bench-svc-'));
+  const mh = new MeshHosts(dir);
+  const probers: ChildProcess[] = [];
+  try {
+    const [h1, h2, h3] = net.hosts as [TestHost, TestHost, TestHost];
+    const extra = ['--lb-backend', 'nftables', '--dns-upstream', '198.18.0.254'];
+    for (const h of net.hosts) mh.start(h, extra);
+    await until('API sockets', () => mh.ready(net.hosts));
+    mh.ok(h1, 'cluster', 'init');
+    const token = mh.ok(h1, 'cluster', 'join-token', 'manager', '-q').trim();
+    mh.ok(h2, 'cluster', 'join', '--token', token, h1.addr);
+    const wtoken = mh.ok(h1, 'cluster', 'join-token', 'worker', '-q').trim();
+    mh.ok(h3, 'cluster', 'join', '--token', wtoken, h1.addr);
+    mh.ok(h1, 'net', 'create', 'app');
+    mh.ok(
+      h1,
+      'service',
+      'create',
+      '--name',
+      'web',
+      '--replicas',
+      '3',
+      '--network',
+      'app',
+      '-p',
+      '8080:80',
+      '--',
+      ...SERVER,
+    );
+    const ps = (): TaskRow[] =>
+      JSON.parse(mh.ok(h1, 'service', 'ps', 'web', '--json')) as TaskRow[];
+    const running = () => ps().filter((r) => r.desired === 'running' && r.state === 'running');
+    await until('3 running', () => running().length === 3, 60_000);
+
+    // First answer time per (task name, host index), reset per measurement.
+    const firstSeen = new Map<string, number>();
+    for (const h of net.hosts) {
+      const p = h.spawn(process.execPath, ['-e', PROBER, `http://${h.addr}:8080/`], {
+        stdio: ['ignore', 'pipe', 'ignore'],
+      });
+      probers.push(p);
+      createInterface({ input: p.stdout! }).on('line', (l) => {
+        const [ts, name] = l.split(' ');
+        if (!name) return;
+        const k = `${name}@${h.index}`;
+        if (!firstSeen.has(k)) firstSeen.set(k, Number(ts));
+      });
+    }
+    await until('probers answered on every host', () =>
+      net.hosts.every((h) => [...firstSeen.keys()].some((k) => k.endsWith(`@${h.index}`))),
+    );
+
+    const samples: number[] = [];
+    let timeouts = 0;
+    for (let r = 0; r < rounds; r++) {
+      const old = new Set(running().map((t) => t.name));
+      firstSeen.clear();
+      const t0 = Date.now();
+      mh.ok(h1, 'service', 'scale', 'web', '6', '--detach');
+      const fresh = await until(
+        '6 running',
+        () => {
+          const run = running();
+          return run.length === 6 ? run.filter((t) => !old.has(t.name)) : null;
+        },
+        timeoutMs,
+      ).catch(() => [] as TaskRow[]);
+      const deadline = t0 + timeoutMs;
+      await until(
+        'new replicas answering on every node',
+        () =>
+          fresh.every((t) => net.hosts.every((h) => firstSeen.has(`${t.name}@${h.index}`))) ||
+          Date.now() > deadline,
+        timeoutMs + 1_000,
+      );
+      for (const t of fresh) {
+        for (const h of net.hosts) {
+          const seen = firstSeen.get(`${t.name}@${h.index}`);
+          if (seen === undefined) timeouts++;
+          samples.push(seen === undefined ? timeoutMs : seen - t0);
+        }
+      }
+      if (fresh.length < 3) timeouts += (3 - fresh.length) * net.hosts.length;
+      process.stderr.write(
+        `round ${r + 1}: new replicas serving on every node after ${pct(samples.slice(-fresh.length * 3), 50)} ms (p50), ${Math.max(...samples.slice(-fresh.length * 3))} ms (max)\n`,
+      );
+      mh.ok(h1, 'service', 'scale', 'web', '3', '--detach');
+      await until('back to 3', () => running().length === 3, timeoutMs);
+    }
+
+    // Node kill.
+    firstSeen.clear();
+    const killed = Date.now();
+    mh.procs.get(h3.index)?.kill('SIGKILL');
+    for (const ns of spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' }).stdout.split('\n')) {
+      const name = ns.split(' ')[0];
+      if (name?.startsWith(mh.prefix(h3))) killNetnsProcs(`/run/netns/${name}`);
+    }
+    let recovery = NaN;
+    await until(
+      'full replica count answering after the kill',
+      () => {
+        const run = running().filter((t) => t.node !== 'h3');
+        if (run.length !== 3) return false;
+        const ok = [h1, h2].every((h) =>
+          run.every((t) => (firstSeen.get(`${t.name}@${h.index}`) ?? 0) >= killed),
+        );
+        if (ok) {
+          recovery =
+            Math.max(
+              ...[h1, h2].flatMap((h) => run.map((t) => firstSeen.get(`${t.name}@${h.index}`)!)),
+            ) - killed;
+        }
+        return ok;
+      },
+      90_000,
+    ).catch((e: unknown) => process.stderr.write(`node kill: ${(e as Error).message}\n`));
+
+    process.stderr.write(
+      `scale: ${samples.length} (replica, node) pairs, ${timeouts} not served within ${timeoutMs} ms\n`,
+    );
+    process.stdout.write(
+      JSON.stringify({
+        bench: 'services',
+        ours: {
+          scale_serving_p50_ms: Math.round(pct(samples, 50)),
+          scale_serving_p99_ms: Math.round(pct(samples, 99)),
+          node_kill_recovery_ms: Math.round(recovery),
+          scale_pairs: samples.length,
+          scale_timeouts: timeouts,
+        },
+        peer: {},
+      }) + '\n',
+    );
+  } finally {
+    for (const p of probers) p.kill('SIGKILL');
+    mh.killAll();
+    net.destroy();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
