@@ -39,13 +39,23 @@ const PROBER = `
 const http = require('http');
 const url = process.argv[1];
 const once = () => {
-  const req = http.get(url, { agent: false, timeout: 1000 }, (res) => {
+  let done = false;
+  const next = (line, delay) => {
+    if (done) return;
+    done = true;
+    clearTimeout(timer);
+    if (line) process.stdout.write(line);
+    setTimeout(once, delay);
+  };
+  // One deadline for the whole exchange, whatever events do or do not come.
+  const timer = setTimeout(() => { req.destroy(); next('', 0); }, 1000);
+  const req = http.get(url, { agent: false }, (res) => {
     let b = '';
     res.on('data', (d) => (b += d));
-    res.on('end', () => { process.stdout.write(Date.now() + ' ' + b.trim() + '\\n'); setImmediate(once); });
+    res.on('end', () => next(Date.now() + ' ' + b.trim() + '\\n', 0));
+    res.on('error', () => next('', 20));
   });
-  req.on('timeout', () => req.destroy());
-  req.on('error', () => setTimeout(once, 20));
+  req.on('error', () => next('', 20));
 };
 once();
 `;
@@ -107,11 +117,19 @@ export async function main(args: string[]): Promise<void> {
     );
     const ps = (): TaskRow[] =>
       JSON.parse(mh.ok(h1, 'service', 'ps', 'web', '--json')) as TaskRow[];
-    const running = () => ps().filter((r) => r.desired === 'running' && r.state === 'running');
+    const running = (): TaskRow[] => {
+      try {
+        return ps().filter((r) => r.desired === 'running' && r.state === 'running');
+      } catch {
+        return []; // a manager busy electing: ask again at the next poll
+      }
+    };
     await until('3 running', () => running().length === 3, 60_000);
 
     // First answer time per (task name, host index), reset per measurement.
     const firstSeen = new Map<string, number>();
+    const lines = new Map<number, number>();
+    let since = 0;
     for (const h of net.hosts) {
       const p = h.spawn(process.execPath, ['-e', PROBER, `http://${h.addr}:8080/`], {
         stdio: ['ignore', 'pipe', 'ignore'],
@@ -121,7 +139,10 @@ export async function main(args: string[]): Promise<void> {
         const [ts, name] = l.split(' ');
         if (!name) return;
         const k = `${name}@${h.index}`;
+        // Lines still in the pipe from before a measurement began must not count as firsts.
+        if (Number(ts) < since) return;
         if (!firstSeen.has(k)) firstSeen.set(k, Number(ts));
+        lines.set(h.index, (lines.get(h.index) ?? 0) + 1);
       });
     }
     await until('probers answered on every host', () =>
@@ -134,6 +155,7 @@ export async function main(args: string[]): Promise<void> {
       const old = new Set(running().map((t) => t.name));
       firstSeen.clear();
       const t0 = Date.now();
+      since = t0;
       mh.ok(h1, 'service', 'scale', 'web', '6', '--detach');
       const fresh = await until(
         '6 running',
@@ -169,6 +191,7 @@ export async function main(args: string[]): Promise<void> {
     // Node kill.
     firstSeen.clear();
     const killed = Date.now();
+    since = killed;
     mh.procs.get(h3.index)?.kill('SIGKILL');
     for (const ns of spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' }).stdout.split('\n')) {
       const name = ns.split(' ')[0];
@@ -192,7 +215,19 @@ export async function main(args: string[]): Promise<void> {
         return ok;
       },
       90_000,
-    ).catch((e: unknown) => process.stderr.write(`node kill: ${(e as Error).message}\n`));
+    ).catch((e: unknown) => {
+      process.stderr.write(`node kill: ${(e as Error).message}\n`);
+      process.stderr.write(
+        `  running: ${running()
+          .map((t) => `${t.name}@${t.node}`)
+          .join(' ')}\n  answered since the kill: ${[...firstSeen]
+          .filter(([, at]) => at >= killed)
+          .map(([k]) => k)
+          .join(' ')}\n  answers per prober: ${JSON.stringify([...lines])}\n`,
+      );
+      process.stderr.write(mh.ctl(h1, 'lb', 'show', '--service', 'web').stdout);
+      process.stderr.write(mh.ctl(h1, 'service', 'ps', 'web').stdout);
+    });
 
     process.stderr.write(
       `scale: ${samples.length} (replica, node) pairs, ${timeouts} not served within ${timeoutMs} ms\n`,
