@@ -10,6 +10,7 @@
 import { Agent, type PeerTables } from '../agent/agent.js';
 import { Worker } from '../agent/worker.js';
 import { ServiceLb } from '../lb/mesh.js';
+import { DnsServer, DnsTable, taskResolvConf } from '../dns/index.js';
 import { NetworkDB } from '../netdb/netdb.js';
 import { MeshError, UsageError } from '../util/errors.js';
 import { createLogger } from '../util/log.js';
@@ -99,8 +100,21 @@ export class AgentRole {
         void lb.reconcile().catch((e: unknown) => log.warn('lb reconcile failed', { err: e }));
       }, 30_000);
       this.agent = agent;
+      const dnsTable = new DnsTable();
+      const upstreams = this.cfg.dnsUpstreams;
       this.worker = new Worker({
         lb,
+        dns: {
+          update: (services) => dnsTable.update(services),
+          serve: (netnsPath, networks) =>
+            DnsServer.start({
+              netnsPath,
+              networks,
+              table: dnsTable,
+              ...(upstreams ? { upstreams } : {}),
+            }),
+          resolvConf: () => taskResolvConf(),
+        },
         nodeId: this.cluster.nodeId!,
         nodeName: this.cfg.nodeName,
         agent,
