@@ -90,6 +90,8 @@ export class AgentRole {
       const lb = await ServiceLb.start({
         netnsPrefix: this.cfg.netnsPrefix,
         backend: this.cfg.lbBackend,
+        scheduler: this.cfg.lbScheduler,
+        ...(Object.keys(this.cfg.lbTimeouts).length > 0 ? { timeouts: this.cfg.lbTimeouts } : {}),
         overlay: agent.overlay,
         nodeId: this.cluster.nodeId!,
         vtep,

@@ -49,6 +49,14 @@ export interface DaemonConfig {
    * (`auto`), else nftables. @default auto
    */
   lbBackend: 'auto' | 'ipvs' | 'nftables';
+  /** How VIPs and published ports pick a task. @default rr */
+  lbScheduler: 'rr' | 'wrr' | 'lc' | 'sh' | 'mh';
+  /**
+   * Idle timeouts (seconds) of balanced connections: established TCP, TCP after FIN, UDP.
+   * Swarm's fixed 900 s TCP idle timeout silently drops long-lived idle connections; here it is
+   * a setting. @default the kernel's (IPVS 900/120/300; nftables conntrack's)
+   */
+  lbTimeouts: { tcp?: number; tcpFin?: number; udp?: number };
   /**
    * Resolvers the tasks' embedded DNS forwards names it does not own to, `IP[:PORT]`.
    * @default the nameservers of /etc/resolv.conf (loopback ones skipped)
@@ -70,6 +78,8 @@ export const DEFAULTS: Readonly<DaemonConfig> = Object.freeze({
   forceNewCluster: false,
   netnsPrefix: '',
   lbBackend: 'auto',
+  lbScheduler: 'rr',
+  lbTimeouts: Object.freeze({}),
   dnsUpstreams: undefined,
 });
 
@@ -92,6 +102,10 @@ Options:
                           machine each need their own; default none)
   --lb-backend KIND       auto|ipvs|nftables: how service VIPs and published ports are
                           balanced (default auto: IPVS when the kernel has it)
+  --lb-scheduler S        rr|wrr|lc|sh|mh: how a VIP or published port picks a task
+                          (default rr)
+  --lb-timeout-tcp SEC, --lb-timeout-tcpfin SEC, --lb-timeout-udp SEC
+                          idle timeouts of balanced connections (default the kernel's)
   --dns-upstream IP[:PORT]
                           resolver the tasks' DNS forwards other names to (repeatable;
                           default the nameservers in /etc/resolv.conf)
@@ -139,6 +153,10 @@ export function parseDaemonArgs(
         'force-new-cluster': { type: 'boolean' },
         'netns-prefix': { type: 'string' },
         'lb-backend': { type: 'string' },
+        'lb-scheduler': { type: 'string' },
+        'lb-timeout-tcp': { type: 'string' },
+        'lb-timeout-tcpfin': { type: 'string' },
+        'lb-timeout-udp': { type: 'string' },
         'dns-upstream': { type: 'string', multiple: true },
         version: { type: 'boolean', short: 'v' },
         help: { type: 'boolean', short: 'h' },
@@ -179,6 +197,27 @@ export function parseDaemonArgs(
       throw new UsageError(`--lb-backend ${JSON.stringify(b)}: want auto, ipvs or nftables`);
     }
     cfg.lbBackend = b;
+  }
+  if (o['lb-scheduler'] !== undefined) {
+    const v = o['lb-scheduler'];
+    if (v !== 'rr' && v !== 'wrr' && v !== 'lc' && v !== 'sh' && v !== 'mh') {
+      throw new UsageError(`--lb-scheduler ${JSON.stringify(v)}: want rr, wrr, lc, sh or mh`);
+    }
+    cfg.lbScheduler = v;
+  }
+  cfg.lbTimeouts = {};
+  for (const [flag, key] of [
+    ['lb-timeout-tcp', 'tcp'],
+    ['lb-timeout-tcpfin', 'tcpFin'],
+    ['lb-timeout-udp', 'udp'],
+  ] as const) {
+    const v = o[flag];
+    if (v === undefined) continue;
+    const n = Number(v);
+    if (!/^\d+$/.test(v) || n < 1 || n > 86_400) {
+      throw new UsageError(`--${flag} ${JSON.stringify(v)}: want whole seconds 1..86400`);
+    }
+    cfg.lbTimeouts[key] = n;
   }
   if (o['dns-upstream'] !== undefined) {
     for (const u of o['dns-upstream']) {
