@@ -782,9 +782,14 @@ export class ClusterRole {
   private managerStatus(
     m: Manager,
     raftId: number | undefined,
-  ): { leader: boolean; managerStatus?: 'leader' | 'reachable' | 'unreachable' } {
+  ): { leader: boolean; managerStatus?: 'leader' | 'reachable' | 'unreachable' | 'catching up' } {
     if (raftId === undefined) return { leader: false };
     const leader = raftId === m.raft.leader;
+    // A promoted manager is a learner until it has the log: it does not count for quorum yet,
+    // so `reachable` (what scripts wait for before relying on it) must wait too.
+    if (m.raft.status().confState.learners.includes(raftId)) {
+      return { leader, managerStatus: 'catching up' };
+    }
     const up = raftId === this.state?.raftId || m.transport.isConnected(raftId);
     return { leader, managerStatus: leader ? 'leader' : up ? 'reachable' : 'unreachable' };
   }
