@@ -30,7 +30,7 @@ interface TaskRow {
 const SERVER = [
   'node',
   '-e',
-  "require('http').createServer((q,r)=>r.end(process.env.MESH_TASK_NAME+' '+process.env.MESH_NODE_NAME+'\\n')).listen(80)",
+  "require('http').createServer((q,r)=>r.end(process.env.MESH_TASK_NAME+' '+process.env.MESH_NODE_NAME+'\\n')).listen(80,()=>console.log('ready '+process.env.MESH_TASK_NAME))",
 ];
 
 t.test('a published service across three hosts', async (t) => {
@@ -92,6 +92,19 @@ t.test('a published service across three hosts', async (t) => {
   const rows = await until('3 running tasks', () => running().length === 3 && running(), 60_000);
   t.comment(`service create → 3 running in ${Date.now() - created} ms`);
   t.same(new Set(rows.map((r) => r.node)).size, 3, 'spread: one task per node');
+
+  // Logs come from every task's node through the dispatcher.
+  const logs = JSON.parse(ok(h1, 'service', 'logs', 'web', '--json')) as {
+    logs: Record<string, string>;
+  };
+  t.same(
+    Object.entries(logs.logs)
+      .filter(([name, text]) => text.includes(`ready ${name}`))
+      .map(([name]) => name)
+      .sort(),
+    rows.map((r) => r.name).sort(),
+    "service logs has each task's output, fetched from its node",
+  );
 
   // Published port on every host, every replica answering over a run.
   for (const h of net.hosts) {
