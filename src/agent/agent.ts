@@ -344,33 +344,9 @@ export class Agent {
           address: string;
           network: Network;
         };
-        const net = toNetRecord(r.network);
-        this.state.networks[net.id] = net;
-        const at: Attachment = { networkId: net.id, address: r.address, ifname: `eth${i}` };
-        rec.attachments.push(at);
-        this.save();
-        const first = this.countUsers(net.id) === 1;
-        await this.overlay.ensureNetwork(net);
-        if (first) this.opts.tables.joinNetwork(net.id);
-        const res = await this.overlay.attach(net.vni, {
-          taskNs: info.netnsPath,
-          ifname: at.ifname,
-          ip: r.address,
-        });
-        at.mac = res.mac;
-        fastArpRetry(info.netnsPath, res.ifname);
-        this.save();
-        this.publish(rec, at);
-        this.schedulePeers(net.id);
+        await this.attachOne(rec, info.netnsPath, toNetRecord(r.network), r.address, i);
       }
-      const needsGateway =
-        rec.attachments.length > 0 &&
-        rec.attachments.some((a) => !this.state.networks[a.networkId]?.internal);
-      if (needsGateway) {
-        rec.gatewayIp = this.nextGatewayIp();
-        this.save();
-        await this.overlay.attachGateway(info.netnsPath, `${rec.gatewayIp}/16`);
-      }
+      await this.attachGatewayIfNeeded(rec, info.netnsPath);
       await this.runtime.start(id);
     } catch (e) {
       log.warn('run failed; cleaning up', { task: name, err: e });
@@ -380,6 +356,41 @@ export class Agent {
       throw e;
     }
     return this.view(id);
+  }
+
+  /** Attach task `rec` (namespace `nsPath`) to `net` as eth<i> with `address`; publish it. */
+  private async attachOne(
+    rec: TaskRecord,
+    nsPath: string,
+    net: NetRecord,
+    address: string,
+    i: number,
+  ): Promise<void> {
+    this.state.networks[net.id] = net;
+    const at: Attachment = { networkId: net.id, address, ifname: `eth${i}` };
+    rec.attachments.push(at);
+    this.save();
+    const first = this.countUsers(net.id) === 1;
+    await this.overlay.ensureNetwork(net);
+    if (first) this.opts.tables.joinNetwork(net.id);
+    const res = await this.overlay.attach(net.vni, {
+      taskNs: nsPath,
+      ifname: at.ifname,
+      ip: address,
+    });
+    at.mac = res.mac;
+    fastArpRetry(nsPath, res.ifname);
+    this.save();
+    this.publish(rec, at);
+    this.schedulePeers(net.id);
+  }
+
+  /** Egress through mesh_gwbridge unless every network of the task is internal. */
+  private async attachGatewayIfNeeded(rec: TaskRecord, nsPath: string): Promise<void> {
+    if (!rec.attachments.some((a) => !this.state.networks[a.networkId]?.internal)) return;
+    rec.gatewayIp = this.nextGatewayIp();
+    this.save();
+    await this.overlay.attachGateway(nsPath, `${rec.gatewayIp}/16`);
   }
 
   private countUsers(netId: string): number {
@@ -413,30 +424,9 @@ export class Agent {
     this.save();
     try {
       for (const [i, a] of spec.attachments.entries()) {
-        const net = netRecordFromInfo(a.net);
-        this.state.networks[net.id] = net;
-        const at: Attachment = { networkId: net.id, address: a.address, ifname: `eth${i}` };
-        rec.attachments.push(at);
-        this.save();
-        const first = this.countUsers(net.id) === 1;
-        await this.overlay.ensureNetwork(net);
-        if (first) this.opts.tables.joinNetwork(net.id);
-        const res = await this.overlay.attach(net.vni, {
-          taskNs: info.netnsPath,
-          ifname: at.ifname,
-          ip: a.address,
-        });
-        at.mac = res.mac;
-        fastArpRetry(info.netnsPath, res.ifname);
-        this.save();
-        this.publish(rec, at);
-        this.schedulePeers(net.id);
+        await this.attachOne(rec, info.netnsPath, netRecordFromInfo(a.net), a.address, i);
       }
-      if (rec.attachments.some((a) => !this.state.networks[a.networkId]?.internal)) {
-        rec.gatewayIp = this.nextGatewayIp();
-        this.save();
-        await this.overlay.attachGateway(info.netnsPath, `${rec.gatewayIp}/16`);
-      }
+      await this.attachGatewayIfNeeded(rec, info.netnsPath);
       if (spec.beforeStart) await spec.beforeStart(info.netnsPath);
       await this.runtime.start(spec.id);
     } catch (e) {
