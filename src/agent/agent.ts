@@ -439,14 +439,8 @@ export class Agent {
     return this.view(spec.id);
   }
 
-  /** Whether a task with this id exists on this node. */
-  has(id: string): boolean {
-    return this.state.tasks.some((t) => t.id === id);
-  }
-
-  /** Stop a task's process (SIGTERM, SIGKILL after graceMs); its namespace stays. */
-  async stop(ref: string, graceMs: number): Promise<void> {
-    const rec = this.find(ref);
+  /** Take a task's endpoints out of the networks' peer tables. */
+  private withdraw(rec: TaskRecord): void {
     for (const at of rec.attachments) {
       try {
         this.opts.tables.deleteEntry(
@@ -455,9 +449,20 @@ export class Agent {
           this.endpointKey(rec.id, at.networkId),
         );
       } catch {
-        // not published
+        // never published (the run failed before that) or already gone
       }
     }
+  }
+
+  /** Whether a task with this id exists on this node. */
+  has(id: string): boolean {
+    return this.state.tasks.some((t) => t.id === id);
+  }
+
+  /** Stop a task's process (SIGTERM, SIGKILL after graceMs); its namespace stays. */
+  async stop(ref: string, graceMs: number): Promise<void> {
+    const rec = this.find(ref);
+    this.withdraw(rec);
     if (this.runtime.get(rec.id)?.state === 'running') await this.runtime.stop(rec.id, { graceMs });
   }
 
@@ -514,17 +519,7 @@ export class Agent {
   /** Stop and remove a task: out of the peer tables first, then the kernel, then the address. */
   async remove(ref: string): Promise<void> {
     const rec = this.find(ref);
-    for (const at of rec.attachments) {
-      try {
-        this.opts.tables.deleteEntry(
-          PEER_TABLE,
-          at.networkId,
-          this.endpointKey(rec.id, at.networkId),
-        );
-      } catch {
-        // never published (the run failed before that) or already gone
-      }
-    }
+    this.withdraw(rec);
     const info = this.runtime.get(rec.id);
     if (info?.state === 'running') await this.runtime.stop(rec.id, { graceMs: 5000 });
     await this.release(rec);
