@@ -157,6 +157,11 @@ t.test('exactly once: a re-proposed command applies once', async (t) => {
   });
   await waitFor('a leader', () => [...net.nodes.values()].some((n) => n.isLeader));
   const f = [...net.nodes.values()].find((n) => !n.isLeader)!;
+  const fid = [...net.nodes].find(([, n]) => n === f)![0];
+  // Cut the follower off for a few ticks while it proposes, so its forwards are lost and must
+  // be re-proposed (on a fast machine every proposal could otherwise apply within one tick).
+  net.down.add(fid);
+  setTimeout(() => net.down.delete(fid), 50);
   await Promise.all(Array.from({ length: 30 }, (_, i) => f.propose(enc(`d${i}=x${i}`))));
   await f.readBarrier();
   for (const sm of sms) {
