@@ -23,7 +23,6 @@
  *
  * May import: netlink/, lb/types, util/, node built-ins.
  */
-import { spawn } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import {
@@ -35,9 +34,10 @@ import {
   type IpvsServiceInfo,
   type IpvsTimeouts,
 } from '../netlink/ipvs.js';
-import { spawnInNetns, withNetns, type Netns } from '../netlink/netns.js';
+import { withNetns, type Netns } from '../netlink/netns.js';
 import { parseIp } from '../netlink/rt.js';
 import { MeshError } from '../util/errors.js';
+import { runTool } from '../util/exec.js';
 import type { Backend, BackendStats, LbBackend, LbService, Scheduler } from './types.js';
 
 const SCHEDULERS: ReadonlySet<string> = new Set(['rr', 'wrr', 'lc', 'sh', 'mh']);
@@ -293,30 +293,19 @@ export function markRulesScript(
 }
 
 /** Run `CMD ARGS` inside `netns` (or here) with `input` on stdin; rejects with its stderr. */
-export function runIn(
+export async function runIn(
   netns: Netns | undefined,
   cmd: string,
   args: readonly string[],
   input: string,
 ): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const opts = { stdio: ['pipe', 'ignore', 'pipe'] as ['pipe', 'ignore', 'pipe'] };
-    const child = netns ? spawnInNetns(netns, cmd, args, opts) : spawn(cmd, args, opts);
-    let err = '';
-    child.stderr?.on('data', (d: Buffer) => (err += d.toString()));
-    child.on('error', reject);
-    child.on('close', (code) => {
-      if (code === 0) resolve();
-      else
-        reject(
-          new MeshError(
-            'ELB',
-            `run ${cmd} ${args.join(' ')}: exit ${code}: ${err.trim() || 'no message'}`,
-          ),
-        );
-    });
-    child.stdin?.end(input);
-  });
+  const r = await runTool(cmd, args, { ...(netns ? { netns } : {}), input });
+  if (r.code !== 0) {
+    throw new MeshError(
+      'ELB',
+      `run ${cmd} ${args.join(' ')}: exit ${r.code}: ${r.stderr.trim() || 'no message'}`,
+    );
+  }
 }
 
 /** LbService with stats; backends replaced rather than intersected, so `.map` sees the stats. */

@@ -20,7 +20,6 @@
  *
  * May import: lb/, netlink/, overlay/ (the driver), manager/service-types (types), util/, node.
  */
-import { spawn } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import type { NetworkInfo, PortSpec, ServiceEntry } from '../manager/service-types.js';
 import {
@@ -35,13 +34,13 @@ import {
   netnsDelete,
   netnsList,
   netnsOpen,
-  spawnInNetns,
   withNetns,
   type Netns,
 } from '../netlink/index.js';
 import { AF_INET } from '../netlink/rt.js';
 import type { OverlayDriver } from '../overlay/driver.js';
 import { MeshError } from '../util/errors.js';
+import { runTool } from '../util/exec.js';
 import { IpvsBackend } from './ipvs.js';
 import { NftBackend } from './nft.js';
 import { reservePort, type Reservation } from './reserve.js';
@@ -154,23 +153,14 @@ interface LbNs {
 
 const bare = (cidr: string): string => cidr.split('/')[0] ?? cidr;
 
-function runNft(netns: Netns | undefined, args: string[], input = ''): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const opts = { stdio: ['pipe', 'pipe', 'pipe'] as ['pipe', 'pipe', 'pipe'] };
-    const child = netns ? spawnInNetns(netns, 'nft', args, opts) : spawn('nft', args, opts);
-    let out = '';
-    let err = '';
-    child.stdout?.on('data', (d: Buffer) => (out += d.toString()));
-    child.stderr?.on('data', (d: Buffer) => (err += d.toString()));
-    child.on('error', (e) =>
-      reject(new MeshError('ENFT', `run nft: ${e.message} (is nftables installed?)`)),
-    );
-    child.on('close', (code) => {
-      if (code === 0) resolve(out);
-      else reject(new MeshError('ENFT', `nft ${args.join(' ')}: ${err.trim() || `exit ${code}`}`));
-    });
-    child.stdin?.end(input);
+async function runNft(netns: Netns | undefined, args: string[], input = ''): Promise<string> {
+  const r = await runTool('nft', args, { ...(netns ? { netns } : {}), input }).catch((e: Error) => {
+    throw new MeshError('ENFT', `run nft: ${e.message} (is nftables installed?)`);
   });
+  if (r.code !== 0) {
+    throw new MeshError('ENFT', `nft ${args.join(' ')}: ${r.stderr.trim() || `exit ${r.code}`}`);
+  }
+  return r.stdout;
 }
 
 /** The host's published-port table as one `nft -f` transaction replacing it. Pure. */

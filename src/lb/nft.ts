@@ -30,7 +30,6 @@
  *
  * May import: node built-ins, netlink/ (netns, socket, nl), util/, ./types.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { isIPv4 } from 'node:net';
@@ -38,6 +37,7 @@ import { netnsOpen, withNetns, type Netns } from '../netlink/netns.js';
 import { NETLINK_NETFILTER, NLM_F_REQUEST } from '../netlink/nl.js';
 import { NetlinkSocket } from '../netlink/socket.js';
 import { MeshError, UsageError } from '../util/errors.js';
+import { runTool } from '../util/exec.js';
 import type { Backend, BackendStats, LbBackend, LbService, Scheduler } from './types.js';
 
 export const NFT_TABLE = 'mesh-lb';
@@ -1077,45 +1077,24 @@ export class NftBackend implements LbBackend {
   }
 
   /** Run nft with `args`, feeding `input` on stdin, inside our namespace. */
-  run(args: readonly string[], input?: string): Promise<RunResult> {
-    const start = (): ChildProcess => spawn(this.nftBin, args, { stdio: ['pipe', 'pipe', 'pipe'] });
-    let child: ChildProcess;
-    if (this.netns === undefined) child = start();
-    else if (typeof this.netns === 'string') {
-      const ns = netnsOpen(this.netns);
-      try {
-        child = withNetns(ns, start);
-      } finally {
-        ns.close();
-      }
-    } else child = withNetns(this.netns, start);
-    return new Promise((resolve, reject) => {
-      const out: Buffer[] = [];
-      const err: Buffer[] = [];
-      child.stdout?.on('data', (b: Buffer) => out.push(b));
-      child.stderr?.on('data', (b: Buffer) => err.push(b));
-      const timer = setTimeout(() => child.kill('SIGKILL'), this.timeoutMs);
-      child.on('error', (e) => {
-        clearTimeout(timer);
-        reject(
-          new MeshError('ENFT', `run ${this.nftBin}: ${e.message} (is nftables installed?)`, {
-            cause: e,
-          }),
-        );
+  async run(args: readonly string[], input?: string): Promise<RunResult> {
+    const opened = typeof this.netns === 'string' ? netnsOpen(this.netns) : undefined;
+    const netns = opened ?? (this.netns as Netns | undefined);
+    try {
+      return await runTool(this.nftBin, args, {
+        ...(netns ? { netns } : {}),
+        input: input ?? '',
+        timeoutMs: this.timeoutMs,
       });
-      child.on('close', (code) => {
-        clearTimeout(timer);
-        resolve({
-          code,
-          stdout: Buffer.concat(out).toString('utf8'),
-          stderr: Buffer.concat(err).toString('utf8'),
-        });
-      });
-      child.stdin?.on('error', () => {
-        // nft exited before reading everything; its exit status tells why
-      });
-      child.stdin?.end(input ?? '');
-    });
+    } catch (e) {
+      throw new MeshError(
+        'ENFT',
+        `run ${this.nftBin}: ${(e as Error).message} (is nftables installed?)`,
+        { cause: e },
+      );
+    } finally {
+      opened?.close();
+    }
   }
 
   /** Whether the kernel has conntrack timeout objects (nf_conntrack_timeout); probed once. */
