@@ -91,6 +91,8 @@ interface Local {
   health?: HealthProbe;
   /** We stopped it (desired shutdown): its exit is `shutdown`, not a failure. */
   stopping?: boolean;
+  /** Removing it failed: not tried again before this time (ms). */
+  retryAt?: number;
 }
 
 export interface WorkerCounters {
@@ -256,6 +258,10 @@ export class Worker {
     for (const t of this.tasks.values()) {
       const loc = this.localOf(t.id);
       if (loc.busy) continue;
+      if (loc.retryAt !== undefined && loc.retryAt > now) {
+        nextWake = Math.min(nextWake, loc.retryAt);
+        continue;
+      }
       const info = agent.runtime.get(t.id);
       if (t.desiredState === 'running') {
         if (!agent.has(t.id)) {
@@ -291,15 +297,21 @@ export class Worker {
       if (v.serviceId === undefined || this.tasks.has(v.id)) continue;
       const loc = this.localOf(v.id);
       if (loc.busy) continue;
+      if (loc.retryAt !== undefined && loc.retryAt > now) {
+        nextWake = Math.min(nextWake, loc.retryAt);
+        continue;
+      }
       loc.busy = this.removeLocal(v.id, 'no longer assigned').finally(() => {
         loc.busy = undefined;
-        this.local.delete(v.id);
+        if (!agent.has(v.id)) this.local.delete(v.id);
+        this.kick();
       });
     }
     for (const id of [...this.local.keys()]) {
       if (!this.tasks.has(id) && !agent.has(id) && !this.local.get(id)?.busy) this.local.delete(id);
     }
-    await this.applyLb();
+    // A failed load-balancer update is retried in 2 s even if nothing else changes.
+    if (!(await this.applyLb())) nextWake = Math.min(nextWake, Date.now() + 2_000);
     if (this.wakeTimer) clearTimeout(this.wakeTimer);
     this.wakeTimer = undefined;
     if (nextWake !== Infinity) {
@@ -441,8 +453,10 @@ export class Worker {
     try {
       await this.opts.agent.stop(id, graceMs);
       await this.opts.agent.remove(id);
+      loc.retryAt = undefined;
     } catch (e) {
-      log.warn('removing a service task failed; retried at the next change', {
+      loc.retryAt = Date.now() + 2_000;
+      log.warn('removing a service task failed; retried in 2 s', {
         task: id,
         why,
         err: e,
@@ -511,8 +525,9 @@ export class Worker {
 
   // ---- load balancer and DNS ----
 
-  private async applyLb(): Promise<void> {
-    if (this.version === null) return;
+  /** Bring the load balancer and DNS to the view; false if that failed (retry later). */
+  private async applyLb(): Promise<boolean> {
+    if (this.version === null) return true;
     const version = this.version;
     const services = [...this.services.values()];
     this.opts.dns?.update(services);
@@ -520,7 +535,7 @@ export class Worker {
     if (!lb) {
       this.lbApplied = version;
       this.flushSoon();
-      return;
+      return true;
     }
     const agent = this.opts.agent;
     const mine = agent.list().filter((v) => v.serviceId !== undefined && v.state === 'running');
@@ -559,10 +574,11 @@ export class Worker {
       }
       this.lbApplied = version;
       this.flushSoon();
+      return true;
     } catch (e) {
       this.counters.lbErrors++;
-      log.warn('load balancer update failed; retried at the next change', { err: e });
-      if (!this.wakeTimer) this.wakeTimer = setTimeout(() => this.kick(), 2_000);
+      log.warn('load balancer update failed; retried in 2 s', { err: e });
+      return false;
     }
   }
 
