@@ -5,6 +5,7 @@
  * and is started with setns only (host.spawn), never `ip netns exec` (see docs/daemon.md).
  */
 import { spawnSync, type ChildProcess } from 'node:child_process';
+import { openSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { TestHost } from './testnet.js';
@@ -53,8 +54,14 @@ export class MeshHosts {
     return `${h.name}-`;
   }
 
-  /** Start (or restart) h's meshd; it listens for managers on h's address, port 2377. */
+  /**
+   * Start (or restart) h's meshd; it listens for managers on h's address, port 2377. With
+   * MESH_TEST_LOGS=DIR in the environment, each meshd's log is appended to DIR/<host>.log (to
+   * read after a failure; a CI run does not set it).
+   */
   start(h: TestHost, extra: string[] = [], stderr: 'ignore' | number = 'ignore'): ChildProcess {
+    const logs = process.env.MESH_TEST_LOGS;
+    if (stderr === 'ignore' && logs) stderr = openSync(join(logs, `${h.name}.log`), 'a');
     const p = h.spawn(
       process.execPath,
       meshdArgs(h, join(this.dir, `data${h.index}`), this.sock(h), extra),

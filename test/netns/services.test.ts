@@ -276,13 +276,16 @@ t.test('a published service across three hosts', async (t) => {
   t.comment(`node kill → full replica count answering in ${Date.now() - killedAt} ms`);
 
   ok(h1, 'service', 'rm', 'web');
-  await until(
-    'tasks gone',
-    () =>
-      spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' })
-        .stdout.split('\n')
-        .filter((l) => /mesh-t-/.test(l) && !l.startsWith(mh.prefix(h3))).length === 0,
-    30_000,
-  );
-  t.pass('service rm stops and removes every task');
+  const removedAt = Date.now();
+  const left = () =>
+    spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' })
+      .stdout.split('\n')
+      .filter((l) => /mesh-t-/.test(l) && !l.startsWith(mh.prefix(h3)));
+  await until('tasks gone', () => left().length === 0, 30_000).catch((e: unknown) => {
+    // What is left, and what each worker thinks of it, to read in the failed run's output.
+    t.comment(`left: ${left().join(' ')}`);
+    for (const h of [h1, h2]) t.comment(`h${h.index}: ${mh.ctl(h, 'debug', 'overlay').stdout}`);
+    throw e;
+  });
+  t.pass(`service rm stops and removes every task (${Date.now() - removedAt} ms)`);
 });
