@@ -40,6 +40,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { NftBackend } from '../src/lb/nft.js';
+import { collectChild } from '../src/util/exec.js';
 import type { LbService } from '../src/lb/types.js';
 import { TestNet, type TestHost } from '../test/lib/testnet.js';
 import { benchLbNft, type LbNftResult } from './lib/lb-nft.js';
@@ -101,33 +102,14 @@ function parseArgs(args: string[]): Opts {
 const log = (s: string): void => void process.stdout.write(`lb: ${s}\n`);
 
 /** Output of a child process, bounded in time (SIGKILL at the limit). */
-function collect(
+async function collect(
   child: ChildProcess,
   limitMs: number,
   what: string,
 ): Promise<{ stdout: string; stderr: string; code: number | null }> {
-  return new Promise((resolve, reject) => {
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    child.stdout?.on('data', (b: Buffer) => out.push(b));
-    child.stderr?.on('data', (b: Buffer) => err.push(b));
-    const timer = setTimeout(() => {
-      child.kill('SIGKILL');
-      reject(new Error(`bench lb: ${what} did not finish within ${limitMs} ms`));
-    }, limitMs);
-    child.on('error', (e) => {
-      clearTimeout(timer);
-      reject(e);
-    });
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({
-        stdout: Buffer.concat(out).toString('utf8'),
-        stderr: Buffer.concat(err).toString('utf8'),
-        code,
-      });
-    });
-  });
+  const r = await collectChild(child, { timeoutMs: limitMs });
+  if (r.timedOut) throw new Error(`bench lb: ${what} did not finish within ${limitMs} ms`);
+  return r;
 }
 
 /** Resolves on the child's first stdout line `ready`; rejects if it exits or takes too long. */

@@ -11,6 +11,8 @@ export interface ToolResult {
   code: number | null;
   stdout: string;
   stderr: string;
+  /** Killed at `timeoutMs`. */
+  timedOut: boolean;
 }
 
 export interface ToolOptions {
@@ -29,16 +31,30 @@ export function runTool(
   opts: ToolOptions = {},
 ): Promise<ToolResult> {
   const start = (): ChildProcess => spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'] });
-  const child = opts.netns ? withNetns(opts.netns, start) : start();
+  return collectChild(opts.netns ? withNetns(opts.netns, start) : start(), opts);
+}
+
+/**
+ * Feed a spawned child its input and gather its output until it closes (SIGKILL at
+ * `timeoutMs`); rejects only if it could not start.
+ */
+export function collectChild(
+  child: ChildProcess,
+  opts: Omit<ToolOptions, 'netns'> = {},
+): Promise<ToolResult> {
   return new Promise((resolve, reject) => {
     const out: Buffer[] = [];
     const err: Buffer[] = [];
+    let timedOut = false;
     child.stdout?.on('data', (b: Buffer) => out.push(b));
     child.stderr?.on('data', (b: Buffer) => err.push(b));
     const timer =
       opts.timeoutMs === undefined
         ? undefined
-        : setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs);
+        : setTimeout(() => {
+            timedOut = true;
+            child.kill('SIGKILL');
+          }, opts.timeoutMs);
     child.on('error', (e) => {
       clearTimeout(timer);
       reject(e);
@@ -49,6 +65,7 @@ export function runTool(
         code,
         stdout: Buffer.concat(out).toString('utf8'),
         stderr: Buffer.concat(err).toString('utf8'),
+        timedOut,
       });
     });
     child.stdin?.on('error', () => {

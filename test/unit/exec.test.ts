@@ -15,7 +15,7 @@ t.test('a tool that ignores a large stdin and exits', async (t) => {
 
 t.test('stdin reaches the tool', async (t) => {
   const r = await runTool('cat', [], { input: 'hello' });
-  t.same(r, { code: 0, stdout: 'hello', stderr: '' });
+  t.same(r, { code: 0, stdout: 'hello', stderr: '', timedOut: false });
 });
 
 t.test('a tool that does not exist rejects', async (t) => {
@@ -25,4 +25,5 @@ t.test('a tool that does not exist rejects', async (t) => {
 t.test('timeoutMs kills the tool', async (t) => {
   const r = await runTool('sleep', ['30'], { timeoutMs: 100 });
   t.equal(r.code, null);
+  t.equal(r.timedOut, true);
 });
