@@ -6,18 +6,19 @@
 // reports (marks, schedulers, destinations, weights); a draining backend gets no new
 // connection. Fails (never skips) inside the VM.
 import t from 'tap';
-import { execFileSync, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { netnsCreate, spawnInNetns, type Netns } from '../../src/netlink/index.js';
 import { OverlayDriver, type Peer } from '../../src/overlay/index.js';
 import { macFromIp } from '../../src/overlay/plan.js';
-import { ServiceLb, type LbShowEntry } from '../../src/lb/mesh.js';
+import { ServiceLb } from '../../src/lb/mesh.js';
 import type {
   NetworkInfo,
   ServiceEndpoint,
   ServiceEntry,
 } from '../../src/manager/service-types.js';
 import { testnet, type TestHost } from '../lib/testnet.js';
+import { ipvsadmLines, showLines } from '../lib/ipvs-lines.js';
 
 if (process.env.MESH_VM !== '1') {
   t.plan(0, 'runs only inside the kernel VM (scripts/vm/suite); MESH_VM=1 is unset');
@@ -99,34 +100,6 @@ const counts = (ns: Netns, ip: string, port: number, n: number): Promise<Record<
       }
     });
   });
-
-/** `ipvsadm -Ln` in a namespace as `mark sched | addr:port weight` lines, sorted. */
-function ipvsadmLines(ns: string): string[] {
-  const out = execFileSync('ip', ['netns', 'exec', ns, 'ipvsadm', '-Ln'], { encoding: 'utf8' });
-  const lines: string[] = [];
-  let mark = '';
-  for (const l of out.split('\n')) {
-    const s = /^FWM\s+(\d+)\s+(\S+)/.exec(l);
-    if (s) {
-      mark = s[1]!;
-      lines.push(`${mark} ${s[2]}`);
-      continue;
-    }
-    const d = /^\s+->\s+(\S+):(\d+)\s+\S+\s+(\d+)/.exec(l);
-    if (d && mark) lines.push(`${mark} ${d[1]}:${d[2]} w${d[3]}`);
-  }
-  return lines.sort();
-}
-
-function showLines(entries: LbShowEntry[]): string[] {
-  const lines: string[] = [];
-  for (const e of entries) {
-    if (e.fwmark === undefined) continue;
-    lines.push(`${e.fwmark} ${e.scheduler}`);
-    for (const b of e.backends) lines.push(`${e.fwmark} ${b.address}:${b.port} w${b.weight}`);
-  }
-  return lines.sort();
-}
 
 t.test('ServiceLb with IPVS: VIP, ingress, ipvsadm matches show(), draining', async (t) => {
   const net = testnet(t, { hosts: 2 });

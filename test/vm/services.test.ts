@@ -1,0 +1,60 @@
+// Runs inside the Debian kernel VM (scripts/vm/suite): the services scenario of the netns test
+// (test/lib/services-scenario.ts) with meshd's IPVS backend, plus at each converged point, on
+// every live host: `meshctl lb show` reports the IPVS backend, every running task is an active
+// backend of the VIP and of the published port, and `ipvsadm -Ln` inside each of meshd's
+// load-balancer namespaces holds exactly what `lb show` reports. Fails (never skips) in the VM.
+import t, { type Test } from 'tap';
+import type { LbShow } from '../../src/lb/mesh.js';
+import { ipvsadmLines, showLines } from '../lib/ipvs-lines.js';
+import { until } from '../lib/meshd.js';
+import { servicesScenario, type CheckPoint } from '../lib/services-scenario.js';
+
+if (process.env.MESH_VM !== '1') {
+  t.plan(0, 'runs only inside the kernel VM (scripts/vm/suite); MESH_VM=1 is unset');
+  process.exit(0);
+}
+
+/** Show and ipvsadm are read at different moments: compare until they agree (bounded). */
+async function ipvsMatchesShow(t: Test, at: CheckPoint): Promise<void> {
+  for (const h of at.hosts) {
+    const last = { show: [] as string[], kernel: [] as string[], active: '' };
+    const agreed = await until(
+      `h${h.index}: ipvsadm -Ln matches lb show ${at.when}`,
+      () => {
+        const sh = JSON.parse(at.mh.ok(h, 'lb', 'show', '--json')) as LbShow;
+        if (sh.backend !== 'ipvs') return null;
+        const namespaces = [
+          ...new Set(sh.entries.filter((e) => e.fwmark !== undefined).map((e) => e.namespace)),
+        ];
+        // Every running task is an active backend of each VIP (one per network) and of port 8080.
+        const web = sh.entries.filter((e) => e.service === 'web' && e.kind !== 'host');
+        const counts = web.map(
+          (e) => `${e.kind}:${e.backends.filter((b) => b.state === 'active').length}`,
+        );
+        last.active = counts.join(' ');
+        if (!web.some((e) => e.kind === 'vip') || !web.some((e) => e.kind === 'ingress'))
+          return null;
+        if (counts.some((c) => !c.endsWith(`:${at.replicas}`))) return null;
+        for (const ns of namespaces) {
+          last.show = showLines(sh.entries.filter((e) => e.namespace === ns));
+          last.kernel = ipvsadmLines(ns);
+          if (last.show.join('|') !== last.kernel.join('|')) return null;
+        }
+        return namespaces;
+      },
+      30_000,
+    ).catch((e: unknown) => {
+      t.comment(`active backends: ${last.active}; show: ${last.show.join(' | ')}`);
+      t.comment(`ipvsadm: ${last.kernel.join(' | ')}`);
+      throw e;
+    });
+    t.ok(
+      agreed.length >= 2,
+      `h${h.index} ${at.when}: ${at.replicas} active backends; ipvsadm -Ln matches lb show in ${agreed.length} namespaces`,
+    );
+  }
+}
+
+t.test('a published service across three hosts (IPVS)', (t) =>
+  servicesScenario(t, { backend: 'ipvs', check: ipvsMatchesShow }),
+);
