@@ -11,6 +11,7 @@
 import { spawn } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { failures } from './tap-failures.js';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
 const args = process.argv.slice(2);
@@ -47,6 +48,8 @@ function tapCounts(out: string): Counts | undefined {
 
 const total: Counts = { pass: 0, fail: 0, skip: 0 };
 let failed = false;
+/** The failures of every suite, printed again at the very end (CI logs are read from the tail). */
+const digest: string[] = [];
 
 /** Compiled test files (`*.test.js`) under a directory; helpers beside them are not tests. */
 function testFiles(dir: string): string[] {
@@ -63,6 +66,7 @@ const files = ['unit', 'sim', 'netns']
 if (files.length > 0) {
   const r = await run(`${root}node_modules/.bin/tap`, files);
   const c = tapCounts(r.out);
+  digest.push(...failures(r.out));
   if (c) {
     total.pass += c.pass;
     total.fail += c.fail;
@@ -90,6 +94,7 @@ if (wantVm) {
   } else {
     const r = await run(suite, []);
     const m = /^vm: (\d+) passed, (\d+) failed/m.exec(r.out);
+    digest.push(...failures(r.out).map((l) => `vm: ${l}`));
     if (m) {
       total.pass += Number(m[1]);
       total.fail += Number(m[2]);
@@ -101,6 +106,7 @@ if (wantVm) {
   }
 }
 
+if (digest.length > 0) process.stdout.write(`\nfailures, again:\n${digest.join('\n')}\n`);
 process.stdout.write(
   `\ntests: ${total.pass} passed, ${total.fail} failed, ${total.skip} skipped\n`,
 );
