@@ -5,7 +5,7 @@
  * and is started with setns only (host.spawn), never `ip netns exec` (see docs/daemon.md).
  */
 import { spawnSync, type ChildProcess } from 'node:child_process';
-import { openSync } from 'node:fs';
+import { existsSync, openSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { TestHost } from './testnet.js';
@@ -87,7 +87,18 @@ export class MeshHosts {
 
   /** Every host's API answers. */
   ready(hosts: readonly TestHost[]): boolean {
-    return hosts.every((h) => this.ctl(h, 'version').status === 0);
+    for (const h of hosts) {
+      const p = this.procs.get(h.index);
+      if (p && p.exitCode !== null)
+        throw new Error(
+          `meshd on h${h.index} exited with code ${p.exitCode} before its API was up`,
+        );
+    }
+    // The socket file first: a meshctl run costs a node start (seconds in the VM's emulated CPU).
+    return (
+      hosts.every((h) => existsSync(this.sock(h))) &&
+      hosts.every((h) => this.ctl(h, 'version').status === 0)
+    );
   }
 
   killAll(): void {

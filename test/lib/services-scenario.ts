@@ -14,7 +14,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { killNetnsProcs, testnet, type TestHost } from './testnet.js';
-import { MeshHosts, until } from './meshd.js';
+import { MeshHosts, until as untilPlain } from './meshd.js';
+import type { LbShow } from '../../src/lb/mesh.js';
 
 export interface TaskRow {
   id: string;
@@ -59,8 +60,71 @@ export async function servicesScenario(t: Test, opts: ScenarioOptions): Promise<
   const extra = ['--lb-backend', opts.backend, '--dns-upstream', '198.18.0.254'];
   const ok = (h: TestHost, ...args: string[]) => mh.ok(h, ...args);
   const [h1, h2, h3] = net.hosts as [TestHost, TestHost, TestHost];
+  let live = net.hosts;
+  /**
+   * What every live node holds for the service, one line per load-balancer entry (backends with
+   * task, address and state) and per overlay network (peers): printed when a wait times out, so
+   * a failed run (CI's included) says where a request could not go.
+   */
+  const diag = (): string[] => {
+    const out: string[] = [];
+    for (const h of live) {
+      const lb = mh.ctl(h, 'lb', 'show', '--json');
+      if (lb.status !== 0) out.push(`h${h.index} lb show failed: ${lb.stderr.trim()}`);
+      else {
+        for (const e of (JSON.parse(lb.stdout) as LbShow).entries) {
+          const be = e.backends.map((b) => `${b.task ?? '?'}@${b.address}:${b.state}`).join(' ');
+          out.push(
+            `h${h.index} lb ${e.kind} ${e.network ?? ''} ${e.namespace} ${e.vip ?? ''}:${e.port}${e.programmed ? '' : ' NOT PROGRAMMED'} -> ${be}`,
+          );
+        }
+      }
+      const ov = mh.ctl(h, 'debug', 'overlay', '--json');
+      if (ov.status !== 0) out.push(`h${h.index} debug overlay failed: ${ov.stderr.trim()}`);
+      else {
+        const st = JSON.parse(ov.stdout) as {
+          agent?: { networks?: { name: string; peers?: { ip: string; vtep: string }[] }[] };
+          worker?: { version?: unknown; lbApplied?: unknown; lastError?: unknown };
+        };
+        const w = st.worker;
+        out.push(
+          `h${h.index} worker version ${JSON.stringify(w?.version)} lbApplied ${JSON.stringify(w?.lbApplied)} lastError ${JSON.stringify(w?.lastError ?? null)}`,
+        );
+        for (const n of st.agent?.networks ?? [])
+          out.push(
+            `h${h.index} overlay ${n.name} peers: ${(n.peers ?? []).map((p) => `${p.ip}@${p.vtep}`).join(' ')}`,
+          );
+      }
+    }
+    return out;
+  };
+  const until = async <T>(
+    what: string,
+    f: () => T | undefined | false | null,
+    ms?: number,
+  ): Promise<T> => {
+    try {
+      return await untilPlain(what, f, ms);
+    } catch (e) {
+      let rows = '';
+      try {
+        rows = ok(h1, 'service', 'ps', 'web');
+      } catch {
+        // no such service yet, or h1 is what failed
+      }
+      let more: string[];
+      try {
+        more = diag();
+      } catch (d) {
+        more = [`diagnostics failed: ${String(d)}`];
+      }
+      for (const l of [...rows.split('\n'), ...more]) if (l.trim()) t.comment(l);
+      throw e;
+    }
+  };
   for (const h of net.hosts) mh.start(h, extra);
-  await until('API sockets', () => mh.ready(net.hosts));
+  // Long enough for three meshd starts under the VM's emulated CPU.
+  await until('API sockets', () => mh.ready(net.hosts), 90_000);
   ok(h1, 'cluster', 'init');
   // One manager, two workers: the raft tier has its own fault tests; here an election caused by
   // a loaded CI machine would only hide what this test is about.
@@ -269,6 +333,7 @@ export async function servicesScenario(t: Test, opts: ScenarioOptions): Promise<
     `h3 runs a task before the kill (${before.map((r) => r.node).join(',')})`,
   );
   const killedAt = Date.now();
+  live = [h1, h2];
   mh.procs.get(h3.index)?.kill('SIGKILL');
   killNetnsProcs(`/run/netns/${h3.name}`);
   for (const ns of spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' }).stdout.split('\n')) {
@@ -301,9 +366,7 @@ export async function servicesScenario(t: Test, opts: ScenarioOptions): Promise<
       .stdout.split('\n')
       .filter((l) => /mesh-t-/.test(l) && !l.startsWith(mh.prefix(h3)));
   await until('tasks gone', () => left().length === 0, 30_000).catch((e: unknown) => {
-    // What is left, and what each worker thinks of it, to read in the failed run's output.
     t.comment(`left: ${left().join(' ')}`);
-    for (const h of [h1, h2]) t.comment(`h${h.index}: ${mh.ctl(h, 'debug', 'overlay').stdout}`);
     throw e;
   });
   t.pass(`service rm stops and removes every task (${Date.now() - removedAt} ms)`);
