@@ -732,3 +732,31 @@ t.test('convergence table', { skip: !process.env.NETDB_SIM_TABLE }, async (t) =>
   t.comment('\n' + rows.join('\n'));
   t.pass();
 });
+
+t.test(
+  'joins and writes at the same instant (first task on a network) converge without the periodic bulk sync (N = 2..5, loss 0-10 %)',
+  async (t) => {
+    const times: number[] = [];
+    const slow: string[] = [];
+    for (let seed = 1; seed <= 1000; seed++) {
+      const n = 2 + (seed % 4);
+      const sim = new Sim(seed, n);
+      sim.loss = (seed % 5) * 0.025;
+      for (const name of sim.nodes.keys()) {
+        sim.at(sim.rng.next() * 50, () => {
+          sim.join(name, 'ingress');
+          sim.write(name, 'ingress', `${name}-ep`, 'x');
+        });
+      }
+      sim.run(60);
+      const ms = sim.runUntil(sim.now + 60_000, () => sim.converged());
+      if (ms === null || ms > 3_000) slow.push(`seed ${seed} N=${n} loss ${sim.loss}: ${ms} ms`);
+      if (ms !== null) times.push(ms);
+    }
+    times.sort((a, b) => a - b);
+    t.comment(
+      `converged: median ${times[times.length >> 1]} ms, p99 ${times[Math.floor(times.length * 0.99)]} ms, max ${times[times.length - 1]} ms`,
+    );
+    t.same(slow, [], 'every run converges within 3 s');
+  },
+);
