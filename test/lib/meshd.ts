@@ -5,7 +5,7 @@
  * and is started with setns only (host.spawn), never `ip netns exec` (see docs/daemon.md).
  */
 import { spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, openSync } from 'node:fs';
+import { existsSync, openSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { TestHost } from './testnet.js';
@@ -54,21 +54,37 @@ export class MeshHosts {
     return `${h.name}-`;
   }
 
+  /** Where h's meshd log goes: MESH_TEST_LOGS=DIR keeps it after the run, else the test dir. */
+  logFile(h: TestHost): string {
+    return join(process.env.MESH_TEST_LOGS ?? this.dir, `${h.name}.log`);
+  }
+
   /**
-   * Start (or restart) h's meshd; it listens for managers on h's address, port 2377. With
-   * MESH_TEST_LOGS=DIR in the environment, each meshd's log is appended to DIR/<host>.log (to
-   * read after a failure; a CI run does not set it).
+   * Start (or restart) h's meshd; it listens for managers on h's address, port 2377. Its log is
+   * appended to logFile(h) unless a file descriptor is given.
    */
-  start(h: TestHost, extra: string[] = [], stderr: 'ignore' | number = 'ignore'): ChildProcess {
-    const logs = process.env.MESH_TEST_LOGS;
-    if (stderr === 'ignore' && logs) stderr = openSync(join(logs, `${h.name}.log`), 'a');
+  start(h: TestHost, extra: string[] = [], stderr?: number): ChildProcess {
     const p = h.spawn(
       process.execPath,
       meshdArgs(h, join(this.dir, `data${h.index}`), this.sock(h), extra),
-      { stdio: ['ignore', 'ignore', stderr] },
+      { stdio: ['ignore', 'ignore', stderr ?? openSync(this.logFile(h), 'a')] },
     );
     this.procs.set(h.index, p);
     return p;
+  }
+
+  /** The last `n` warn/error lines of h's meshd log (for a failed test's output). */
+  warnings(h: TestHost, n = 8): string[] {
+    let text: string;
+    try {
+      text = readFileSync(this.logFile(h), 'utf8');
+    } catch {
+      return [];
+    }
+    return text
+      .split('\n')
+      .filter((l) => / level=(warn|error) /.test(l))
+      .slice(-n);
   }
 
   ctl(h: TestHost, ...args: string[]) {

@@ -39,6 +39,8 @@ export interface CheckPoint {
   when: string;
   /** Tasks running (each must be an active backend everywhere). */
   replicas: number;
+  /** Nodes running a task: only those have a VIP load balancer on the service's network. */
+  taskNodes: string[];
 }
 
 export interface ScenarioOptions {
@@ -63,8 +65,9 @@ export async function servicesScenario(t: Test, opts: ScenarioOptions): Promise<
   let live = net.hosts;
   /**
    * What every live node holds for the service, one line per load-balancer entry (backends with
-   * task, address and state) and per overlay network (peers): printed when a wait times out, so
-   * a failed run (CI's included) says where a request could not go.
+   * task, address and state) and per overlay network (peers), and each meshd's last warnings:
+   * printed when a wait times out, so a failed run (CI's included) says where a request could
+   * not go.
    */
   const diag = (): string[] => {
     const out: string[] = [];
@@ -96,7 +99,25 @@ export async function servicesScenario(t: Test, opts: ScenarioOptions): Promise<
           );
       }
     }
+    for (const h of net.hosts) for (const w of mh.warnings(h)) out.push(`h${h.index} log: ${w}`);
     return out;
+  };
+  /** Print the service's tasks, the nodes and diag() as comments of the running test. */
+  const explain = (): void => {
+    const lines: string[] = [];
+    for (const args of [
+      ['service', 'ps', 'web'],
+      ['node', 'ls'],
+    ]) {
+      const r = mh.ctl(h1, ...args);
+      lines.push(...(r.status === 0 ? r.stdout : `${args.join(' ')}: ${r.stderr}`).split('\n'));
+    }
+    try {
+      lines.push(...diag());
+    } catch (d) {
+      lines.push(`diagnostics failed: ${String(d)}`);
+    }
+    for (const l of lines) if (l.trim()) t.comment(l);
   };
   const until = async <T>(
     what: string,
@@ -106,19 +127,7 @@ export async function servicesScenario(t: Test, opts: ScenarioOptions): Promise<
     try {
       return await untilPlain(what, f, ms);
     } catch (e) {
-      let rows = '';
-      try {
-        rows = ok(h1, 'service', 'ps', 'web');
-      } catch {
-        // no such service yet, or h1 is what failed
-      }
-      let more: string[];
-      try {
-        more = diag();
-      } catch (d) {
-        more = [`diagnostics failed: ${String(d)}`];
-      }
-      for (const l of [...rows.split('\n'), ...more]) if (l.trim()) t.comment(l);
+      explain();
       throw e;
     }
   };
@@ -171,7 +180,7 @@ export async function servicesScenario(t: Test, opts: ScenarioOptions): Promise<
   );
   const rows = await until('3 running tasks', () => running().length === 3 && running(), 60_000);
   t.comment(`service create → 3 running in ${Date.now() - created} ms`);
-  t.same(new Set(rows.map((r) => r.node)).size, 3, 'spread: one task per node');
+  if (!t.same(new Set(rows.map((r) => r.node)).size, 3, 'spread: one task per node')) explain();
 
   // Logs come from every task's node through the dispatcher.
   const logs = JSON.parse(ok(h1, 'service', 'logs', 'web', '--json')) as {
@@ -198,7 +207,13 @@ export async function servicesScenario(t: Test, opts: ScenarioOptions): Promise<
     );
     t.equal(seen.size, 3, `port 8080 on h${h.index} reaches all 3 replicas`);
   }
-  await opts.check?.(t, { mh, hosts: net.hosts, when: 'after the first spread', replicas: 3 });
+  await opts.check?.(t, {
+    mh,
+    hosts: net.hosts,
+    when: 'after the first spread',
+    replicas: 3,
+    taskNodes: running().map((r) => r.node),
+  });
 
   // DNS and VIP from inside a task.
   const taskNs = (row: TaskRow, h: TestHost) => `${mh.prefix(h)}mesh-t-${row.id.slice(0, 12)}`;
@@ -287,7 +302,13 @@ export async function servicesScenario(t: Test, opts: ScenarioOptions): Promise<
     `only the 2 remaining tasks answer (${[...after.keys()].join(',')} vs ${[...keep].join(',')})`,
   );
   t.equal(after.size, 2, 'both remaining tasks answer');
-  await opts.check?.(t, { mh, hosts: net.hosts, when: 'after the scale down', replicas: 2 });
+  await opts.check?.(t, {
+    mh,
+    hosts: net.hosts,
+    when: 'after the scale down',
+    replicas: 2,
+    taskNodes: running().map((r) => r.node),
+  });
 
   // A task that crashes is replaced.
   ok(h1, 'service', 'scale', 'web', '3');
@@ -357,7 +378,13 @@ export async function servicesScenario(t: Test, opts: ScenarioOptions): Promise<
   );
   t.equal(full.size, 6, 'the service answers from 6 tasks on the survivors');
   t.comment(`node kill → full replica count answering in ${Date.now() - killedAt} ms`);
-  await opts.check?.(t, { mh, hosts: [h1, h2], when: 'after the node kill', replicas: 6 });
+  await opts.check?.(t, {
+    mh,
+    hosts: [h1, h2],
+    when: 'after the node kill',
+    replicas: 6,
+    taskNodes: running().map((r) => r.node),
+  });
 
   ok(h1, 'service', 'rm', 'web');
   const removedAt = Date.now();
