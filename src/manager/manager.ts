@@ -122,6 +122,9 @@ export class Manager {
   /** Leader's in-memory record of agent heartbeats (node id → ms). */
   private readonly lastSeen = new Map<string, number>();
   private leaderAt = 0;
+  /** When markSilentNodes last ran, and when this manager last resumed from a pause of its own. */
+  private lastSilentCheck = 0;
+  private resumedAt = 0;
   private closed = false;
   private removed = false;
   private readonly onRemoved: (() => void) | undefined;
@@ -882,11 +885,23 @@ export class Manager {
     const period = this.store.get('cluster', CLUSTER_ID)?.settings.heartbeatPeriodMs;
     if (period === undefined) return;
     const now = Date.now();
+    // This runs every 250 ms. A longer gap means this manager was not running (stopped, CPU
+    // starved, a suspended VM) or its commits were slow: heartbeats that arrived meanwhile are
+    // still unread in its sockets, and the time it lost is no node's silence. Found by
+    // test/netns/manager-pause: an 8 s SIGSTOP of the manager had nodes marked down on resume.
+    const gap = now - this.lastSilentCheck;
+    this.lastSilentCheck = now;
+    if (gap > period && gap < now) {
+      this.resumedAt = now;
+      log.info('housekeeping resumed after a pause; node silence counts from now', {
+        pausedMs: gap,
+      });
+    }
     // A new leader has no heartbeat record yet: give every agent three periods to find it.
     if (now - this.leaderAt < 3 * period) return;
     for (const n of this.store.list('node')) {
       if (n.status.state !== 'ready') continue;
-      const seen = this.lastSeen.get(n.id) ?? this.leaderAt;
+      const seen = Math.max(this.lastSeen.get(n.id) ?? this.leaderAt, this.resumedAt);
       // 2.5 periods: down within 5 s of the last heartbeat at the default 2 s (issue 6 asks
       // for ≤ 6 s; Swarm takes 15 s), yet one late heartbeat is not enough.
       if (now - seen > DOWN_AFTER_PERIODS * period) {
