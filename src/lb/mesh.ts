@@ -12,6 +12,11 @@
  *     `ip mesh-ingress` DNATs published ports on local addresses to INGRESS_GW:port, and inside
  *     the namespace one LbService per published port balances over every task's ingress address.
  *   - Host-mode ports: the same host table DNATs the port to the local task's gw0 address.
+ *   - Both answer on the node's loopback too (`curl localhost:8080` on a node works, as users
+ *     expect): route_localnet on mesh_gwbridge lets the DNATed 127.0.0.1-sourced packets leave
+ *     through it, masqueraded to the bridge's address; packets to 127.0.0.0/8 arriving *from*
+ *     mesh_gwbridge are dropped before routing, so tasks cannot reach the node's loopback-only
+ *     services through it (kube-proxy's CVE-2020-8558).
  *   - Published ports are reserved on the host (bound, never listening).
  *
  * Backends (src/lb/nft.ts, src/lb/ipvs.ts) are one per namespace, all of the same kind, chosen
@@ -39,6 +44,7 @@ import {
 } from '../netlink/index.js';
 import { AF_INET } from '../netlink/rt.js';
 import type { OverlayDriver } from '../overlay/driver.js';
+import { GW_BRIDGE } from '../overlay/plan.js';
 import { MeshError } from '../util/errors.js';
 import { runTool } from '../util/exec.js';
 import { IpvsBackend } from './ipvs.js';
@@ -175,19 +181,28 @@ export function ingressTableScript(
     rules.push(
       `${h.port.protocol} dport ${h.port.published} dnat to ${h.gatewayIp}:${h.port.target}`,
     );
-  const local = 'fib daddr type local ip daddr != 127.0.0.0/8';
-  const body = rules.map((r) => `    ${local} ${r}`);
+  // From the network: never 127/8 (martian there). From this node: loopback included.
+  const fromNet = rules.map((r) => `    fib daddr type local ip daddr != 127.0.0.0/8 ${r}`);
+  const fromHost = rules.map((r) => `    fib daddr type local ${r}`);
   return [
     `table ip ${INGRESS_TABLE}`,
     `delete table ip ${INGRESS_TABLE}`,
     `table ip ${INGRESS_TABLE} {`,
+    '  chain guard {',
+    '    type filter hook prerouting priority -150; policy accept;',
+    `    iifname "${GW_BRIDGE}" ip daddr 127.0.0.0/8 drop`,
+    '  }',
     '  chain prerouting {',
     '    type nat hook prerouting priority -100; policy accept;',
-    ...body,
+    ...fromNet,
     '  }',
     '  chain output {',
     '    type nat hook output priority -100; policy accept;',
-    ...body,
+    ...fromHost,
+    '  }',
+    '  chain postrouting {',
+    '    type nat hook postrouting priority 100; policy accept;',
+    `    oifname "${GW_BRIDGE}" ip saddr 127.0.0.0/8 masquerade`,
     '  }',
     '  chain forward {',
     '    type filter hook forward priority 0; policy accept;',
@@ -196,6 +211,24 @@ export function ingressTableScript(
     '}',
     '',
   ].join('\n');
+}
+
+/**
+ * route_localnet on mesh_gwbridge in the host namespace (see the file comment): on while the host
+ * table exists (its guard chain drops what it would otherwise let in), off when it goes.
+ */
+function setRouteLocalnet(hostNetns: Netns | undefined, on: boolean): void {
+  const set = (): void => {
+    const p = `/proc/sys/net/ipv4/conf/${GW_BRIDGE}/route_localnet`;
+    try {
+      if (readFileSync(p, 'utf8').trim() !== (on ? '1' : '0')) writeFileSync(p, on ? '1' : '0');
+    } catch (e) {
+      // No bridge (yet, or any more): nothing to route; apply/reconcile set it once it exists.
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    }
+  };
+  if (hostNetns) withNetns(hostNetns, set);
+  else set();
 }
 
 /** Masquerade of balanced traffic for the IPVS backend (marks ≥ 256, first packets). */
@@ -621,10 +654,13 @@ export class ServiceLb {
       this.hostScript = script;
       changes++;
     }
+    if (script) setRouteLocalnet(this.opts.hostNetns, true);
     return changes;
   }
 
   private async dropHostTable(): Promise<void> {
+    // The guard chain goes with the table: route_localnet first.
+    setRouteLocalnet(this.opts.hostNetns, false);
     await runNft(
       this.opts.hostNetns,
       ['-f', '-'],
@@ -668,6 +704,7 @@ export class ServiceLb {
         await runNft(this.opts.hostNetns, ['-f', '-'], this.hostScript);
         n++;
       }
+      setRouteLocalnet(this.opts.hostNetns, true);
     }
     this.driftRepaired += n;
     this.lastReconcile = this.now();

@@ -325,11 +325,55 @@ t.test('ServiceLb: VIPs, ingress routing mesh, host ports, scale down, draining'
       );
     }
   }
+  // And on each host's loopback, from the host itself (`curl localhost:8080` on a node).
+  for (const h of hosts) {
+    const r = await counts(h.ns, '127.0.0.1', PUBLISHED, N);
+    t.same(
+      Object.keys(r).sort(),
+      names,
+      `published 127.0.0.1:${PUBLISHED} on ${h.name}: all backends (${JSON.stringify(r)})`,
+    );
+  }
   // Host-mode port: only on h1, only h1's task.
   const hp = await counts(hosts[1]!.ns, hosts[0]!.addr, HOSTPORT, 4);
   t.same(hp, { [h1be.name]: 4 }, "host-mode port on h1 reaches h1's task");
   const hp2 = await counts(hosts[0]!.ns, hosts[1]!.addr, HOSTPORT, 2);
   t.same(hp2, { fail: 2 }, 'host-mode port is not published on h2');
+
+  // route_localnet is on for mesh_gwbridge (published ports on 127.0.0.1), yet a task there
+  // cannot reach the node's loopback-only services (CVE-2020-8558 in kube-proxy): a root task
+  // that routes 127.0.0.1 to its gateway gets nothing from a server on the node's 127.0.0.1.
+  {
+    const h1 = hosts[0]!;
+    const secret = h1.spawn(process.execPath, [
+      '-e',
+      "require('node:net').createServer((s) => s.end('secret\\n')).listen(9999, '127.0.0.1', () => console.log('up'))",
+    ]);
+    await new Promise((r) => secret.stdout?.once('data', r));
+    const evil = `${h1.name}-evil`;
+    netnsCreate(evil).close();
+    await drivers[0]!.attachGateway(evil, '10.255.0.12/16');
+    const sh = (cmd: string) =>
+      spawnSync('ip', ['netns', 'exec', evil, 'sh', '-c', cmd], {
+        encoding: 'utf8',
+        timeout: 10_000,
+      });
+    const setup = sh(
+      [
+        'ip rule add pref 100 lookup local',
+        'ip rule del pref 0',
+        'ip rule add pref 10 to 127.0.0.1 lookup 100',
+        'ip route add 127.0.0.1/32 via 10.255.0.1 dev gw0 table 100',
+        'sysctl -qw net.ipv4.conf.all.route_localnet=1 net.ipv4.conf.gw0.route_localnet=1',
+      ].join(' && '),
+    );
+    t.equal(setup.status, 0, `the task routes 127.0.0.1 to its gateway ${setup.stderr}`);
+    const probe = sh('curl -s -m 2 telnet://127.0.0.1:9999 </dev/null');
+    t.not(probe.stdout.trim(), 'secret', "the node's 127.0.0.1:9999 is not reachable from a task");
+    const direct = h1.exec('curl', ['-s', '-m', '2', 'telnet://127.0.0.1:9999'], { input: '' });
+    t.equal(direct.stdout.trim(), 'secret', 'while it answers on the node itself');
+    secret.kill();
+  }
 
   // Reserved: nothing else can bind the published port on a host.
   const bind = spawnSync(
