@@ -2,11 +2,12 @@
  * The services scenario between real meshd processes on namespaced hosts, shared by the netns
  * test (nftables backend) and the VM test (IPVS backend): a 3-node cluster (one manager, two
  * workers), an overlay, a replicated HTTP service published on port 8080. Requests to 8080 on
- * every host are answered, by every replica over a run; the VIP and `tasks.<service>` answer
- * from inside a task (dig at 127.0.0.11); scale up/down (removed tasks get no new connections);
- * a crashed task is replaced; drain moves tasks; kill -9 of a node (meshd and its tasks) and the
- * service answers again at full replica count from the survivors; `service rm` removes every
- * task. `check` hooks add backend-specific checks at steady points.
+ * every host are answered, by every replica over a run, and on each host's 127.0.0.1; the VIP
+ * and `tasks.<service>` answer from inside a task (dig at 127.0.0.11); scale up/down (removed
+ * tasks get no new connections); a crashed task is replaced; drain moves tasks; kill -9 of a
+ * node (meshd and its tasks) and the service answers again at full replica count from the
+ * survivors; `service rm` removes every task. `check` hooks add backend-specific checks at
+ * steady points.
  */
 import type { Test } from 'tap';
 import { spawnSync } from 'node:child_process';
@@ -206,6 +207,13 @@ export async function servicesScenario(t: Test, opts: ScenarioOptions): Promise<
       30_000,
     );
     t.equal(seen.size, 3, `port 8080 on h${h.index} reaches all 3 replicas`);
+  }
+  // And on each node's loopback, from the node itself.
+  for (const h of net.hosts) {
+    const a = await until(`an answer on 127.0.0.1:8080 of h${h.index}`, () =>
+      get(h.name, 'http://127.0.0.1:8080/'),
+    );
+    t.match(a, /^web\.\d\./, `localhost:8080 on h${h.index} is answered by a task (${a})`);
   }
   await opts.check?.(t, {
     mh,
