@@ -889,12 +889,13 @@ export class Manager {
     // starved, a suspended VM) or its commits were slow: heartbeats that arrived meanwhile are
     // still unread in its sockets, and the time it lost is no node's silence. Found by
     // test/netns/manager-pause: an 8 s SIGSTOP of the manager had nodes marked down on resume.
-    const gap = now - this.lastSilentCheck;
+    // (A check from before this term is no pause: the new-leader grace below covers that.)
+    const prev = this.lastSilentCheck;
     this.lastSilentCheck = now;
-    if (gap > period && gap < now) {
+    if (prev > 0 && prev >= this.leaderAt && now - prev > period) {
       this.resumedAt = now;
       log.info('housekeeping resumed after a pause; node silence counts from now', {
-        pausedMs: gap,
+        pausedMs: now - prev,
       });
     }
     // A new leader has no heartbeat record yet: give every agent three periods to find it.
