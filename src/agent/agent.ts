@@ -27,6 +27,7 @@ const log = createLogger('agent');
 
 /** The peer-table operations the agent needs from netdb. */
 export interface PeerTables {
+  /** Idempotent: joining a network this node is in already does nothing. */
   joinNetwork(netId: string): void;
   leaveNetwork(netId: string): void;
   createEntry(table: string, netId: string, key: string, value: Uint8Array): void;
@@ -35,6 +36,8 @@ export interface PeerTables {
   deleteEntry(table: string, netId: string, key: string): void;
   getEntries(table: string, netId: string): { key: string; value: Uint8Array; owner: string }[];
   watch(table: string, cb: (ev: { netId: string; key: string }) => void): () => void;
+  /** Networks this node is in. */
+  networks(): string[];
 }
 
 /** Calls to the managers (attach/detach addresses); the cluster role provides it. */
@@ -143,6 +146,8 @@ export class Agent {
   private readonly peerDirty = new Set<string>();
   private timer: NodeJS.Timeout | undefined;
   private reconciling = false;
+  /** Tasks taken out of the peer tables on purpose (stopping); reconcile leaves them out. */
+  private readonly withdrawn = new Set<string>();
   readonly counters = { repairs: 0, reconciles: 0, peerSyncs: 0, peerConflicts: 0 };
   private lastReconcile = 0;
 
@@ -193,6 +198,17 @@ export class Agent {
     return a;
   }
 
+  /**
+   * An agent over the given runtime and overlay, with empty state, no adopt and no reconcile
+   * timer: unit tests drive it with fakes to control how concurrent set-ups interleave.
+   */
+  static fromParts(opts: AgentOptions, runtime: TaskRuntime, overlay: OverlayDriver): Agent {
+    const dir = join(opts.dataDir, 'agent');
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const state: AgentState = { version: 1, networks: {}, tasks: [] };
+    return new Agent(opts, runtime, overlay, state, join(dir, 'agent.json'));
+  }
+
   private save(): void {
     const tmp = `${this.statePath}.tmp`;
     writeFileSync(tmp, JSON.stringify(this.state, null, 1), { mode: 0o600 });
@@ -240,6 +256,11 @@ export class Agent {
 
   private publish(t: TaskRecord, at: Attachment): void {
     if (!at.mac) return;
+    this.withdrawn.delete(t.id);
+    // Users of a network (tasks, load-balancer namespaces) are set up concurrently; whichever
+    // publishes first must not find the node outside the network because the user that counted
+    // as "first" has not reached its join yet. Joining is idempotent.
+    this.opts.tables.joinNetwork(at.networkId);
     const v: PeerValue = { ip: at.address, mac: at.mac, vtep: this.opts.vtep };
     const key = this.endpointKey(t.id, at.networkId);
     const value = Buffer.from(JSON.stringify(v));
@@ -370,9 +391,8 @@ export class Agent {
     const at: Attachment = { networkId: net.id, address, ifname: `eth${i}` };
     rec.attachments.push(at);
     this.save();
-    const first = this.countUsers(net.id) === 1;
     await this.overlay.ensureNetwork(net);
-    if (first) this.opts.tables.joinNetwork(net.id);
+    this.opts.tables.joinNetwork(net.id);
     const res = await this.overlay.attach(net.vni, {
       taskNs: nsPath,
       ifname: at.ifname,
@@ -441,6 +461,7 @@ export class Agent {
 
   /** Take a task's endpoints out of the networks' peer tables. */
   private withdraw(rec: TaskRecord): void {
+    this.withdrawn.add(rec.id);
     for (const at of rec.attachments) {
       try {
         this.opts.tables.deleteEntry(
@@ -479,11 +500,17 @@ export class Agent {
       this.extraUsers.set(net.id, users);
     }
     if (users.has(user)) return;
-    const first = this.countUsers(net.id) === 0;
     users.add(user);
     this.save();
-    await this.overlay.ensureNetwork(net);
-    if (first) this.opts.tables.joinNetwork(net.id);
+    try {
+      await this.overlay.ensureNetwork(net);
+    } catch (e) {
+      // Not a user until the network exists: a retry must do the whole setup again.
+      users.delete(user);
+      this.save();
+      throw e;
+    }
+    this.opts.tables.joinNetwork(net.id);
     this.schedulePeers(net.id);
   }
 
@@ -494,13 +521,21 @@ export class Agent {
     const net = this.state.networks[netId];
     this.opts.tables.leaveNetwork(netId);
     if (net) await this.overlay.removeNetwork(net.vni).catch(() => undefined);
-    delete this.state.networks[netId];
+    // A new user may have arrived during the removal; its record stays.
+    if (this.countUsers(netId) === 0) delete this.state.networks[netId];
     this.save();
   }
 
   /** Publish a non-task endpoint (a load-balancer namespace) in a network's peer table. */
   publishEndpoint(netId: string, key: string, ip: string, mac: string): void {
     const value = Buffer.from(JSON.stringify({ ip, mac, vtep: this.opts.vtep }));
+    if (this.countUsers(netId) === 0) {
+      throw new MeshError(
+        'ENOTFOUND',
+        `publish endpoint ${key}: network ${netId} is not in use on this node (useNetwork first)`,
+      );
+    }
+    this.opts.tables.joinNetwork(netId);
     const cur = this.opts.tables.getEntry(PEER_TABLE, netId, key) as
       { value?: Uint8Array } | undefined;
     if (cur && cur.value && Buffer.from(cur.value).equals(value)) return;
@@ -548,6 +583,7 @@ export class Agent {
       });
     }
     this.state.tasks = this.state.tasks.filter((t) => t.id !== rec.id);
+    this.withdrawn.delete(rec.id);
     for (const at of rec.attachments) {
       if (this.countUsers(at.networkId) === 0) {
         const net = this.state.networks[at.networkId];
@@ -558,7 +594,7 @@ export class Agent {
             .catch((e: unknown) =>
               log.warn('network removal failed', { network: net.name, err: e }),
             );
-        delete this.state.networks[at.networkId];
+        if (this.countUsers(at.networkId) === 0) delete this.state.networks[at.networkId];
       }
     }
     this.save();
@@ -614,17 +650,60 @@ export class Agent {
         .map((id) => this.state.networks[id]?.vni)
         .filter((v): v is number => v !== undefined);
       const r = await this.overlay.reconcile(vnis);
+      const tables = this.repairPeerTables();
       this.counters.reconciles++;
-      this.counters.repairs += r.repairs;
+      this.counters.repairs += r.repairs + tables;
       this.lastReconcile = Date.now();
       if (r.repairs > 0) log.warn('reconcile repaired kernel drift', { repairs: r.repairs });
-      return r.repairs;
+      return r.repairs + tables;
     } catch (e) {
       log.warn('reconcile failed', { err: e });
       return 0;
     } finally {
       this.reconciling = false;
     }
+  }
+
+  /**
+   * The peer tables against what our tasks need: this node in every network in use and every
+   * running task's endpoint published. A missing endpoint makes the task unreachable from every
+   * other node, so what is found missing is put back, logged and counted as a repair.
+   */
+  private repairPeerTables(): number {
+    let repairs = 0;
+    const joined = new Set(this.opts.tables.networks());
+    for (const id of this.networksInUse()) {
+      if (joined.has(id)) continue;
+      log.warn('this node was not in the peer table of a network in use; joined it', {
+        network: this.state.networks[id]?.name ?? id,
+      });
+      this.opts.tables.joinNetwork(id);
+      repairs++;
+    }
+    for (const t of this.state.tasks) {
+      if (this.withdrawn.has(t.id) || this.runtime.get(t.id)?.state !== 'running') continue;
+      for (const at of t.attachments) {
+        if (!at.mac) continue;
+        if (
+          this.opts.tables.getEntry(PEER_TABLE, at.networkId, this.endpointKey(t.id, at.networkId))
+        )
+          continue;
+        try {
+          this.publish(t, at);
+          repairs++;
+          log.warn("a running task's endpoint was missing from the peer table; published it", {
+            task: t.name,
+            network: this.state.networks[at.networkId]?.name ?? at.networkId,
+          });
+        } catch (e) {
+          log.warn("could not publish a task's endpoint; retried at the next reconcile", {
+            task: t.name,
+            err: e,
+          });
+        }
+      }
+    }
+    return repairs;
   }
 
   status(): unknown {
