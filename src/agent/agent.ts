@@ -7,7 +7,8 @@
  * networks and addresses, local gateway addresses). On start the agent adopts what the previous
  * run built: running task processes (the runtime checks pid + start time), the overlay
  * namespaces of networks still in use (others are removed), and it publishes its endpoints again.
- * A reconcile loop repairs drift in the kernel every 30 s and counts the repairs.
+ * A reconcile loop repairs drift in the kernel every 30 s and counts the repairs; our entries in
+ * the peer tables are checked every 5 s.
  *
  * May import src/agent, src/overlay, src/manager (types, identity helpers), src/util, node built-ins.
  */
@@ -128,6 +129,11 @@ export interface AgentOptions {
   manager: ManagerCall;
   /** How often the kernel state is reconciled. @default 30,000 ms */
   reconcileMs?: number;
+  /**
+   * How often our entries in the peer tables are checked (in memory, cheap; a task missing
+   * there is unreachable from other nodes). @default 5,000 ms
+   */
+  tablesCheckMs?: number;
 }
 
 /** 10.255.0.0/16: .1 is the bridge; tasks get .2 … .65533 serially. */
@@ -145,6 +151,7 @@ export class Agent {
   private readonly peerSync = new Map<string, Promise<void>>();
   private readonly peerDirty = new Set<string>();
   private timer: NodeJS.Timeout | undefined;
+  private tablesTimer: NodeJS.Timeout | undefined;
   private reconciling = false;
   /** Tasks taken out of the peer tables on purpose (stopping); reconcile leaves them out. */
   private readonly withdrawn = new Set<string>();
@@ -195,6 +202,13 @@ export class Agent {
     });
     await a.adopt();
     a.timer = setInterval(() => void a.reconcile(), opts.reconcileMs ?? 30_000);
+    a.tablesTimer = setInterval(() => {
+      try {
+        a.counters.repairs += a.repairPeerTables();
+      } catch (e) {
+        log.warn('peer table check failed', { err: e });
+      }
+    }, opts.tablesCheckMs ?? 5_000);
     return a;
   }
 
@@ -720,6 +734,7 @@ export class Agent {
 
   close(): void {
     if (this.timer) clearInterval(this.timer);
+    if (this.tablesTimer) clearInterval(this.tablesTimer);
     this.unwatch();
     this.runtime.close();
     this.overlay.close();
