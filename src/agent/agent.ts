@@ -710,7 +710,7 @@ export class Agent {
             network: this.state.networks[at.networkId]?.name ?? at.networkId,
           });
         } catch (e) {
-          log.warn("could not publish a task's endpoint; retried at the next reconcile", {
+          log.warn("could not publish a task's endpoint; retried at the next check (5 s)", {
             task: t.name,
             err: e,
           });
