@@ -4,9 +4,10 @@
  * workers), an overlay, a replicated HTTP service published on port 8080. Requests to 8080 on
  * every host are answered, by every replica over a run, and on each host's 127.0.0.1; the VIP
  * and `tasks.<service>` answer from inside a task (dig at 127.0.0.11); scale up/down (removed
- * tasks get no new connections); a crashed task is replaced; drain moves tasks; kill -9 of a
- * node (meshd and its tasks) and the service answers again at full replica count from the
- * survivors; `service rm` removes every task. `check` hooks add backend-specific checks at
+ * tasks get no new connections); a crashed task stops getting requests on every node (no
+ * request lost) and is replaced; drain moves tasks; kill -9 of a node (meshd and its tasks): once
+ * it is found dead no request is lost on the survivors, and the service answers again at full
+ * replica count from them; `service rm` removes every task. `check` hooks add backend-specific checks at
  * steady points.
  */
 import type { Test } from 'tap';
@@ -133,6 +134,32 @@ export async function servicesScenario(t: Test, opts: ScenarioOptions): Promise<
     }
   };
   for (const h of net.hosts) mh.start(h, extra);
+  /**
+   * A task that is gone must stop getting requests: waits until `n` requests to port 8080 of
+   * each of `hosts` are all answered, and checks none came from `gone`. A load balancer that
+   * kept a dead backend would lose about a third of them, and the wait would time out.
+   */
+  const noneLost = async (what: string, hosts: TestHost[], gone: Set<string>, since: number) => {
+    for (const h of hosts) {
+      const r = await until(
+        `every request to ${h.addr}:8080 answered ${what}`,
+        () => {
+          const x = sample(h, 12);
+          return x.failed === 0 ? x : null;
+        },
+        30_000,
+      );
+      t.same(
+        [...r.seen.keys()].filter((n) => gone.has(n)),
+        [],
+        `${what}: every request to port 8080 on h${h.index} is answered, none by a task that is gone`,
+      );
+    }
+    t.comment(
+      `${what}: every node checked clean ${Date.now() - since} ms after the kill (the checks' own requests included)`,
+    );
+  };
+
   // Long enough for three meshd starts under the VM's emulated CPU.
   await until('API sockets', () => mh.ready(net.hosts), 90_000);
   ok(h1, 'cluster', 'init');
@@ -153,15 +180,21 @@ export async function servicesScenario(t: Test, opts: ScenarioOptions): Promise<
     });
     return r.status === 0 ? r.stdout.trim() : null;
   };
-  /** Task names answering `n` requests to port 8080 of host `h` (from h3's side of the net). */
-  const answers = (h: TestHost, n: number, from = h1.name) => {
+  /**
+   * `n` requests to port 8080 of host `h`, sent from host `from` (h1 by default): the task
+   * names that answered, with counts, and how many requests got no answer.
+   */
+  const sample = (h: TestHost, n: number, from = h1.name) => {
     const seen = new Map<string, number>();
+    let failed = 0;
     for (let i = 0; i < n; i++) {
-      const a = get(from, `http://${h.addr}:8080/`);
-      if (a) seen.set(a.split(' ')[0]!, (seen.get(a.split(' ')[0]!) ?? 0) + 1);
+      const name = get(from, `http://${h.addr}:8080/`)?.split(' ')[0];
+      if (name) seen.set(name, (seen.get(name) ?? 0) + 1);
+      else failed++;
     }
-    return seen;
+    return { seen, failed };
   };
+  const answers = (h: TestHost, n: number, from = h1.name) => sample(h, n, from).seen;
 
   const created = Date.now();
   ok(
@@ -327,7 +360,10 @@ export async function servicesScenario(t: Test, opts: ScenarioOptions): Promise<
     .stdout.trim()
     .split('\n')[0];
   t.ok(pid, 'found the task process');
+  const crashedAt = Date.now();
   if (pid) process.kill(Number(pid), 'SIGKILL');
+  // Before its replacement exists (that waits for the restart delay), the two others answer.
+  await noneLost('after the crash', net.hosts, new Set([victim.name]), crashedAt);
   await until(
     'a replacement for the crashed task',
     () => running().length === 3 && !running().some((r) => r.id === victim.id),
@@ -369,6 +405,9 @@ export async function servicesScenario(t: Test, opts: ScenarioOptions): Promise<
     const name = ns.split(' ')[0];
     if (name?.startsWith(mh.prefix(h3))) killNetnsProcs(`/run/netns/${name}`);
   }
+  // Once the node is found dead (and before replacements run), the survivors' tasks answer.
+  const dead = new Set(before.filter((r) => r.node === 'h3').map((r) => r.name));
+  await noneLost('after the node kill', [h1, h2], dead, killedAt);
   await until(
     '6 running on h1/h2 after the kill',
     () => running().filter((r) => r.node !== 'h3').length === 6,
