@@ -10,14 +10,32 @@ import type { NetdbEvent } from '../../src/netdb/core.js';
 const enc = new TextEncoder();
 const dec = new TextDecoder();
 
-async function until(what: string, cond: () => boolean, ms = 8000): Promise<void> {
+/** Waits for `cond`; on a timeout the error says what was awaited and, if given, the state. */
+async function until(
+  what: string,
+  cond: () => boolean,
+  ms = 20_000,
+  state?: () => string,
+): Promise<void> {
   const end = Date.now() + ms;
   while (Date.now() < end) {
     if (cond()) return;
     await new Promise((r) => setTimeout(r, 20));
   }
-  throw new Error(`timed out waiting for ${what}`);
+  throw new Error(`timed out after ${ms} ms waiting for ${what}${state ? `: ${state()}` : ''}`);
 }
+
+/** Each node's member list (`name=state`), for a timeout message. */
+const memberViews = (ms: Memberlist[]) =>
+  ms
+    .map(
+      (m) =>
+        `${m.name} sees ${m
+          .members()
+          .map((x) => `${x.name}=${x.state}`)
+          .join(',')}`,
+    )
+    .join('; ');
 
 const view = (db: NetworkDB, net: string) =>
   db.getEntries('endpoints', net).map((e) => `${e.key}=${dec.decode(e.value)}@${e.owner}`);
@@ -28,24 +46,33 @@ t.test('three gossip nodes on loopback exchange entries', async (t) => {
       name,
       bindAddr: '127.0.0.1',
       port: 0,
-      // Fast failure detection (a dead node declared within about a second).
-      config: { ...LOCAL_CONFIG, probeInterval: 300, probeTimeout: 200, suspicionMult: 2 },
+      // Failure detection within a few seconds (for c's death at the end), yet tolerant of a
+      // test process that a loaded machine stalls for a few hundred ms: a shorter probe timeout
+      // made nodes suspect each other while the test waited for them to agree.
+      config: { ...LOCAL_CONFIG, probeInterval: 500, probeTimeout: 500, suspicionMult: 3 },
     });
   const [a, b, c] = await Promise.all([mk('a'), mk('b'), mk('c')]);
   const cfg = { gossipIntervalMs: 50 };
   // a attaches before anyone joins (learns members from events), b and c after (from members()).
-  const dbA = NetworkDB.attach(a, { config: cfg });
+  const dbs: NetworkDB[] = [];
+  // Whatever failed, the nodes are shut down (their timers would keep the process alive).
   t.teardown(async () => {
-    for (const db of [dbA, dbB, dbC]) db.close();
+    for (const db of dbs) db.close();
     await Promise.all([a.shutdown(), b.shutdown(), c.shutdown()]);
   });
+  const dbA = NetworkDB.attach(a, { config: cfg });
+  dbs.push(dbA);
   t.ok((await b.join([a.address])).contacted === 1, 'b joined');
   t.ok((await c.join([a.address])).contacted === 1, 'c joined');
-  await until('3 members everywhere', () =>
-    [a, b, c].every((m) => m.members().filter((x) => x.state === 'alive').length === 3),
+  await until(
+    '3 members everywhere',
+    () => [a, b, c].every((m) => m.members().filter((x) => x.state === 'alive').length === 3),
+    20_000,
+    () => memberViews([a, b, c]),
   );
   const dbB = NetworkDB.attach(b, { config: cfg });
   const dbC = NetworkDB.attach(c, { config: cfg });
+  dbs.push(dbB, dbC);
   const seenC: NetdbEvent[] = [];
   dbC.watch('endpoints', (e) => seenC.push(e));
 
@@ -115,7 +142,8 @@ t.test('three gossip nodes on loopback exchange entries', async (t) => {
   await until(
     'c declared dead and its entry hidden on a',
     () => dbA.counters().hidden === 1,
-    15_000,
+    30_000,
+    () => memberViews([a]),
   );
   t.same(view(dbA, 'net1'), ['ep-a=v2@a'], 'readers no longer see ep-c');
   t.same(dbA.peers('net1'), ['a'], 'c no longer a peer');
