@@ -7,8 +7,8 @@
  * tasks get no new connections); a crashed task stops getting requests on every node (no
  * request lost) and is replaced; drain moves tasks; kill -9 of a node (meshd and its tasks): once
  * it is found dead no request is lost on the survivors, and the service answers again at full
- * replica count from them; `service rm` removes every task. `check` hooks add backend-specific checks at
- * steady points.
+ * replica count from them; `service rm` removes every task. `check` hooks add backend-specific
+ * checks at steady points.
  */
 import type { Test } from 'tap';
 import { spawnSync } from 'node:child_process';
@@ -135,8 +135,8 @@ export async function servicesScenario(t: Test, opts: ScenarioOptions): Promise<
   };
   for (const h of net.hosts) mh.start(h, extra);
   /**
-   * A task that is gone must stop getting requests: waits until `n` requests to port 8080 of
-   * each of `hosts` are all answered, and checks none came from `gone`. A load balancer that
+   * A task that is gone must stop getting requests: waits until 12 requests in a row to port
+   * 8080 of each of `hosts` are all answered, and checks none came from `gone`. A load balancer that
    * kept a dead backend would lose about a third of them, and the wait would time out.
    */
   const noneLost = async (what: string, hosts: TestHost[], gone: Set<string>, since: number) => {
