@@ -787,6 +787,8 @@ export interface TaskRow {
   nodeId?: string;
   /** Hostname of the task's node. */
   node: string;
+  /** State of the task's node (ready, down, …): a task on a down node shows its last report. */
+  nodeState?: string;
   desired: string;
   state: string;
   specVersion: number;
@@ -911,6 +913,7 @@ export function listTasks(store: Store, now: number, serviceId?: string): TaskRo
       ...(r.slot !== undefined ? { slot: r.slot } : {}),
       ...(t.nodeId !== undefined ? { nodeId: t.nodeId } : {}),
       node: node?.hostname ?? t.nodeId ?? '',
+      ...(node ? { nodeState: node.status.state } : {}),
       desired: r.desiredState,
       state: t.state,
       specVersion: r.specVersion,

@@ -6,6 +6,7 @@ import t from 'tap';
 import type { Node, Task, TaskState } from '../../src/manager/objects.js';
 import { reconcile } from '../../src/manager/orchestrator.js';
 import {
+  listTasks,
   planCreateService,
   planRemoveService,
   planRollbackService,
@@ -178,6 +179,18 @@ t.test('node down and drain: replaced elsewhere; pause keeps tasks', async (t) =
   t.notOk(
     live.some((x) => x.nodeId === 'n1'),
     'none on the down node',
+  );
+  // `service ps` shows the tasks left on n1 with their node's state (their last report stays).
+  const rows = listTasks(h.store, 0);
+  t.ok(
+    rows.some((r) => r.node !== '' && r.nodeId === 'n1' && r.nodeState === 'down'),
+    'rows of tasks on n1 say the node is down',
+  );
+  t.ok(
+    rows
+      .filter((r) => r.nodeId !== undefined && r.nodeId !== 'n1')
+      .every((r) => r.nodeState === 'ready'),
+    'the others say ready',
   );
   h.node('n2', { availability: 'drain' });
   h.settle();
