@@ -10,7 +10,7 @@ import { MeshError, UsageError } from '../util/errors.js';
 import { VERSION } from '../util/version.js';
 import { call } from './client.js';
 import { LB_HELP, lbCmd } from './lb.js';
-import { SERVICE_HELP, serviceCmd } from './service.js';
+import { SERVICE_HELP, parseDuration, serviceCmd } from './service.js';
 
 const helpText = (): string => HELP_HEAD + SERVICE_HELP + LB_HELP + HELP_TAIL;
 
@@ -19,8 +19,9 @@ const HELP_HEAD = `meshctl — drive the Mesh networking daemon
 Usage: meshctl [--host SOCKET] COMMAND [--json]
 
 Commands:
-  cluster init [--advertise-addr IP] [--listen-addr IP:PORT]
-                 make this node the first manager of a new cluster
+  cluster init [--advertise-addr IP] [--listen-addr IP:PORT] [--dispatcher-heartbeat 2s]
+                 make this node the first manager of a new cluster; nodes report every
+                 heartbeat period and are marked down after 2.5 periods of silence
   cluster join --token TOKEN [--advertise-addr IP] [--listen-addr IP:PORT] MANAGER[:2377]
                  join the cluster MANAGER belongs to (as worker or manager: the token says)
   cluster join-token worker|manager [--rotate] [--quiet]
@@ -198,15 +199,26 @@ async function clusterCmd(a: Args): Promise<void> {
       const { values, positionals } = cmdArgs(
         a,
         2,
-        { 'advertise-addr': { type: 'string' }, 'listen-addr': { type: 'string' } },
+        {
+          'advertise-addr': { type: 'string' },
+          'listen-addr': { type: 'string' },
+          'dispatcher-heartbeat': { type: 'string' },
+        },
         'cluster init',
       );
       if (positionals.length > 0) throw new UsageError('cluster init takes no arguments');
+      const hb = values['dispatcher-heartbeat'];
+      const heartbeatMs =
+        typeof hb === 'string' ? parseDuration(hb, '--dispatcher-heartbeat') : undefined;
       const r = await call<{ clusterId: string; nodeId: string; managerAddr: string }>(
         a.host,
         'POST',
         '/v1/cluster/init',
-        { advertiseAddr: values['advertise-addr'], listenAddr: values['listen-addr'] },
+        {
+          advertiseAddr: values['advertise-addr'],
+          listenAddr: values['listen-addr'],
+          ...(heartbeatMs !== undefined ? { heartbeatMs } : {}),
+        },
       );
       if (a.json) return out(JSON.stringify(r) + '\n');
       return out(

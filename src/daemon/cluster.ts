@@ -40,6 +40,9 @@ import type { GossipRole } from './gossip.js';
 const log = createLogger('cluster');
 
 const RPC_TIMEOUT_MS = 10_000;
+/** Bounds of `cluster init --dispatcher-heartbeat` (Swarm's flag of the same name). */
+const MIN_HEARTBEAT_MS = 100;
+const MAX_HEARTBEAT_MS = 60_000;
 
 export class ClusterRole {
   private readonly files: NodeFiles;
@@ -150,8 +153,24 @@ export class ClusterRole {
 
   // ---- init / join / leave ----
 
-  async init(req: { advertiseAddr?: string; listenAddr?: string }): Promise<unknown> {
+  async init(req: {
+    advertiseAddr?: string;
+    listenAddr?: string;
+    heartbeatMs?: unknown;
+  }): Promise<unknown> {
     this.requireNoCluster('cluster init');
+    const heartbeatMs = req.heartbeatMs;
+    if (
+      heartbeatMs !== undefined &&
+      (typeof heartbeatMs !== 'number' ||
+        !Number.isInteger(heartbeatMs) ||
+        heartbeatMs < MIN_HEARTBEAT_MS ||
+        heartbeatMs > MAX_HEARTBEAT_MS)
+    ) {
+      throw new UsageError(
+        `cluster init: --dispatcher-heartbeat ${JSON.stringify(heartbeatMs)} ms is out of range: give 100ms to 1m (default 2s)`,
+      );
+    }
     if (this.changing)
       throw new MeshError('ECONFLICT', 'cluster init: another membership change is running');
     this.changing = true;
@@ -192,6 +211,7 @@ export class ClusterRole {
         this.hostname(),
         self.addr,
         this.gossip ? `${advertise}:${this.cfg.gossipPort}` : undefined,
+        heartbeatMs,
       );
       await this.manager!.createIngressNetwork();
       this.files.saveCredentials(this.creds);
@@ -603,6 +623,7 @@ export class ClusterRole {
       return this.init({
         ...(str(o.advertiseAddr) ? { advertiseAddr: str(o.advertiseAddr)! } : {}),
         ...(str(o.listenAddr) ? { listenAddr: str(o.listenAddr)! } : {}),
+        ...(o.heartbeatMs !== undefined ? { heartbeatMs: o.heartbeatMs } : {}),
       });
     });
     api.route('POST', '/v1/cluster/join', ({ body: b }) => {
@@ -806,6 +827,8 @@ export class ClusterRole {
       managers: st.managers,
       certificate: id ? { role: id.role, notAfter: id.notAfter.toISOString() } : null,
       session: {
+        /** The cluster's heartbeat period, as the managers' last reply gave it. */
+        heartbeatMs: this.heartbeatMs,
         lastHeartbeatMsAgo: this.lastHeartbeatOk ? Date.now() - this.lastHeartbeatOk : null,
         error: this.lastHeartbeatError || undefined,
       },

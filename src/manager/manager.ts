@@ -300,6 +300,7 @@ export class Manager {
     hostname: string,
     managerAddr: string,
     gossipAddr?: string,
+    heartbeatMs = DEFAULT_HEARTBEAT_MS,
   ): Promise<void> {
     const st = this.state;
     const id = certIdentity(this.creds.certPem);
@@ -314,7 +315,7 @@ export class Manager {
           caCertPem: ca.certPem,
           caKeyPem: ca.keyPem,
           tokens: secrets,
-          settings: { heartbeatPeriodMs: DEFAULT_HEARTBEAT_MS },
+          settings: { heartbeatPeriodMs: heartbeatMs },
           keys: [],
         },
       },

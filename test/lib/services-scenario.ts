@@ -52,6 +52,14 @@ export interface ScenarioOptions {
    * down (2 tasks) and after the node kill (6 tasks on h1/h2); `hosts` are the live ones.
    */
   check?: (t: Test, at: CheckPoint) => Promise<void>;
+  /**
+   * `cluster init --dispatcher-heartbeat` (default 2 s: a node is down after 5 s of silence).
+   * The emulated VM gives a longer one: its raft disk writes stall for seconds, and with 2 s a
+   * worker was once marked down during the first service create.
+   */
+  heartbeat?: { flag: string; ms: number };
+  /** How long to wait for no request to be lost after a kill. @default 30,000 ms */
+  noneLostMs?: number;
 }
 
 export async function servicesScenario(t: Test, opts: ScenarioOptions): Promise<void> {
@@ -147,7 +155,7 @@ export async function servicesScenario(t: Test, opts: ScenarioOptions): Promise<
           const x = sample(h, 12);
           return x.failed === 0 ? x : null;
         },
-        30_000,
+        opts.noneLostMs ?? 30_000,
       );
       t.same(
         [...r.seen.keys()].filter((n) => gone.has(n)),
@@ -162,12 +170,31 @@ export async function servicesScenario(t: Test, opts: ScenarioOptions): Promise<
 
   // Long enough for three meshd starts under the VM's emulated CPU.
   await until('API sockets', () => mh.ready(net.hosts), 90_000);
-  ok(h1, 'cluster', 'init');
+  // Bad heartbeat periods are usage errors (exit 2), refused before anything is set up.
+  for (const [bad, why] of [
+    ['5x', /want a duration/],
+    ['10ms', /out of range: give 100ms to 1m/],
+  ] as const) {
+    const r = mh.ctl(h1, 'cluster', 'init', '--dispatcher-heartbeat', bad);
+    t.ok(
+      r.status === 2 && why.test(r.stderr),
+      `cluster init --dispatcher-heartbeat ${bad} refused`,
+    );
+  }
+  const hb = opts.heartbeat ?? { flag: '2s', ms: 2000 };
+  ok(h1, 'cluster', 'init', '--dispatcher-heartbeat', hb.flag);
   // One manager, two workers: the raft tier has its own fault tests; here an election caused by
   // a loaded CI machine would only hide what this test is about.
   const wtoken = ok(h1, 'cluster', 'join-token', 'worker', '-q').trim();
   ok(h2, 'cluster', 'join', '--token', wtoken, h1.addr);
   ok(h3, 'cluster', 'join', '--token', wtoken, h1.addr);
+  await until(`every node heartbeating every ${hb.flag}`, () =>
+    net.hosts.every(
+      (h) =>
+        (JSON.parse(ok(h, 'cluster', 'info', '--json')) as { session: { heartbeatMs: number } })
+          .session.heartbeatMs === hb.ms,
+    ),
+  );
   ok(h1, 'net', 'create', 'app');
 
   const ps = (): TaskRow[] => JSON.parse(ok(h1, 'service', 'ps', 'web', '--json')) as TaskRow[];

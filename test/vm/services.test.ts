@@ -59,5 +59,12 @@ async function ipvsMatchesShow(t: Test, at: CheckPoint): Promise<void> {
 }
 
 t.test('a published service across three hosts (IPVS)', (t) =>
-  servicesScenario(t, { backend: 'ipvs', check: ipvsMatchesShow }),
+  servicesScenario(t, {
+    backend: 'ipvs',
+    check: ipvsMatchesShow,
+    // Under TCG the manager's disk writes stall for seconds (a worker 5.2 s silent was marked
+    // down with the default 2 s period): a longer heartbeat, as a slow real cluster would use.
+    heartbeat: { flag: '4s', ms: 4000 },
+    noneLostMs: 60_000,
+  }),
 );
