@@ -73,6 +73,8 @@ export async function servicesScenario(t: Test, opts: ScenarioOptions): Promise<
   const ok = (h: TestHost, ...args: string[]) => mh.ok(h, ...args);
   const [h1, h2, h3] = net.hosts as [TestHost, TestHost, TestHost];
   let live = net.hosts;
+  /** The last sample() of the published port, for explain(). */
+  let lastSample = '';
   /**
    * What every live node holds for the service, one line per load-balancer entry (backends with
    * task, address and state) and per overlay network (peers), and each meshd's last warnings:
@@ -109,6 +111,33 @@ export async function servicesScenario(t: Test, opts: ScenarioOptions): Promise<
           );
       }
     }
+    // The kernel's side: neighbour states the load-balancer namespaces resolved (a FAILED or
+    // INCOMPLETE backend is one the data path cannot reach), and how many permanent ARP and
+    // FDB entries each overlay namespace holds (against the peers meshd believes it programmed).
+    const sh = (ns: string, cmd: string[]) =>
+      spawnSync('ip', ['netns', 'exec', ns, ...cmd], { encoding: 'utf8', timeout: 5_000 }).stdout ??
+      '';
+    const nsList = spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' })
+      .stdout.split('\n')
+      .map((l) => l.split(' ')[0] ?? '');
+    for (const h of live) {
+      for (const ns of nsList.filter((n) => n.startsWith(mh.prefix(h)))) {
+        if (/mesh-(ingress|lb-)/.test(ns)) {
+          const neigh = sh(ns, ['ip', '-4', 'neigh', 'show'])
+            .split('\n')
+            .filter((l) => l.trim() !== '')
+            .map((l) => l.replace(/ lladdr \S+/, '').trim());
+          out.push(`h${h.index} ${ns} neigh: ${neigh.join(' | ') || '(none)'}`);
+        } else if (/mesh-ov-/.test(ns)) {
+          const arp = sh(ns, ['ip', '-4', 'neigh', 'show', 'nud', 'permanent']).split('\n');
+          const fdb = sh(ns, ['bridge', 'fdb', 'show']).split('\n');
+          out.push(
+            `h${h.index} ${ns}: ${arp.filter((l) => l.trim()).length} permanent ARP, ${fdb.filter((l) => / dst /.test(l)).length} FDB entries with a VTEP`,
+          );
+        }
+      }
+    }
+    if (lastSample) out.push(`last sample: ${lastSample}`);
     for (const h of net.hosts) for (const w of mh.warnings(h)) out.push(`h${h.index} log: ${w}`);
     return out;
   };
@@ -219,6 +248,7 @@ export async function servicesScenario(t: Test, opts: ScenarioOptions): Promise<
       if (name) seen.set(name, (seen.get(name) ?? 0) + 1);
       else failed++;
     }
+    lastSample = `${from} -> ${h.addr}:8080: ${[...seen].map(([k, v]) => `${k} x${v}`).join(', ') || 'no answer'}; ${failed} of ${n} unanswered`;
     return { seen, failed };
   };
   const answers = (h: TestHost, n: number, from = h1.name) => sample(h, n, from).seen;
