@@ -288,13 +288,24 @@ export async function servicesScenario(t: Test, opts: ScenarioOptions): Promise<
 
   // Published port on every host, every replica answering over a run.
   for (const h of net.hosts) {
-    const seen = await until(
-      `all 3 tasks answering on ${h.addr}:8080`,
-      () => {
-        const s = answers(h, 12);
-        return s.size === 3 ? s : null;
+    const all3 = () => {
+      const s = answers(h, 12);
+      return s.size === 3 ? s : null;
+    };
+    const seen = await until(`all 3 tasks answering on ${h.addr}:8080`, all3, 30_000).catch(
+      async (e: unknown) => {
+        // Still a failure; but say whether it heals later (slow convergence) or never does
+        // (a broken path), and what the kernel then holds: this has failed rarely, in CI only.
+        const failedAt = Date.now();
+        const late = await untilPlain('late convergence', all3, 60_000).catch(() => null);
+        t.comment(
+          late
+            ? `all 3 answered ${Date.now() - failedAt} ms after the 30 s limit`
+            : 'still not all 3 after 60 s more',
+        );
+        explain();
+        throw e;
       },
-      30_000,
     );
     t.equal(seen.size, 3, `port 8080 on h${h.index} reaches all 3 replicas`);
   }
