@@ -8,7 +8,7 @@
  * run built: running task processes (the runtime checks pid + start time), the overlay
  * namespaces of networks still in use (others are removed), and it publishes its endpoints again.
  * A reconcile loop repairs drift in the kernel every 30 s and counts the repairs; our entries in
- * the peer tables are checked every 5 s.
+ * the peer tables are checked (and repaired, counted alike) every 5 s.
  *
  * May import src/agent, src/overlay, src/manager (types, identity helpers), src/util, node built-ins.
  */
@@ -202,13 +202,7 @@ export class Agent {
     });
     await a.adopt();
     a.timer = setInterval(() => void a.reconcile(), opts.reconcileMs ?? 30_000);
-    a.tablesTimer = setInterval(() => {
-      try {
-        a.counters.repairs += a.repairPeerTables();
-      } catch (e) {
-        log.warn('peer table check failed', { err: e });
-      }
-    }, opts.tablesCheckMs ?? 5_000);
+    a.tablesTimer = setInterval(() => a.checkPeerTables(), opts.tablesCheckMs ?? 5_000);
     return a;
   }
 
@@ -406,7 +400,6 @@ export class Agent {
     rec.attachments.push(at);
     this.save();
     await this.overlay.ensureNetwork(net);
-    this.opts.tables.joinNetwork(net.id);
     const res = await this.overlay.attach(net.vni, {
       taskNs: nsPath,
       ifname: at.ifname,
@@ -664,12 +657,11 @@ export class Agent {
         .map((id) => this.state.networks[id]?.vni)
         .filter((v): v is number => v !== undefined);
       const r = await this.overlay.reconcile(vnis);
-      const tables = this.repairPeerTables();
       this.counters.reconciles++;
-      this.counters.repairs += r.repairs + tables;
+      this.counters.repairs += r.repairs;
       this.lastReconcile = Date.now();
       if (r.repairs > 0) log.warn('reconcile repaired kernel drift', { repairs: r.repairs });
-      return r.repairs + tables;
+      return r.repairs;
     } catch (e) {
       log.warn('reconcile failed', { err: e });
       return 0;
@@ -681,8 +673,20 @@ export class Agent {
   /**
    * The peer tables against what our tasks need: this node in every network in use and every
    * running task's endpoint published. A missing endpoint makes the task unreachable from every
-   * other node, so what is found missing is put back, logged and counted as a repair.
+   * other node, so what is found missing is put back, logged and counted as a repair. Runs
+   * every `tablesCheckMs`; returns the number of repairs.
    */
+  checkPeerTables(): number {
+    let repairs = 0;
+    try {
+      repairs = this.repairPeerTables();
+    } catch (e) {
+      log.warn('peer table check failed', { err: e });
+    }
+    this.counters.repairs += repairs;
+    return repairs;
+  }
+
   private repairPeerTables(): number {
     let repairs = 0;
     const joined = new Set(this.opts.tables.networks());

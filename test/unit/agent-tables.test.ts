@@ -3,8 +3,9 @@
 // concurrently, and whichever publishes first must find the node in the network. The agent runs
 // over a fake runtime and overlay (the kernel side is covered by test/netns) whose first
 // ensureNetwork is slow, and over tables that refuse writes outside a joined network the way
-// netdb does. Also: a failed setup leaves no half-registered user behind, and reconcile
-// republishes a running task's endpoint that went missing, but not one withdrawn on purpose.
+// netdb does. Also: a failed setup leaves no half-registered user behind, and the periodic
+// peer-table check republishes a running task's endpoint that went missing, but not one
+// withdrawn on purpose.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -129,9 +130,6 @@ class Overlay {
     this.seen.delete(vni);
     return Promise.resolve();
   }
-  reconcile(): Promise<{ repairs: number }> {
-    return Promise.resolve({ repairs: 0 });
-  }
   peers(): unknown[] {
     return [];
   }
@@ -216,26 +214,26 @@ t.test('a failed network setup leaves no user behind; the retry joins', async (t
 });
 
 t.test(
-  'reconcile republishes a missing endpoint of a running task, not of a stopping one',
+  'the peer-table check republishes a missing endpoint of a running task, not of a stopping one',
   async (t) => {
     const { agent, tables } = setup(t, new Overlay(0));
     await agent.runService(task('t1', '10.0.0.5'));
     await agent.runService(task('t2', '10.0.0.6'));
-    t.equal(await agent.reconcile(), 0, 'nothing to repair');
+    t.equal(agent.checkPeerTables(), 0, 'nothing to repair');
 
     tables.deleteEntry(PEER_TABLE, INGRESS.id, 't1.ingressnet');
-    t.equal(await agent.reconcile(), 1, 'one repair');
+    t.equal(agent.checkPeerTables(), 1, 'one repair');
     t.ok(tables.getEntry(PEER_TABLE, INGRESS.id, 't1.ingressnet'), 't1 is back');
 
     tables.leaveNetwork(INGRESS.id);
-    t.equal(await agent.reconcile(), 3, 'rejoined and both endpoints republished');
+    t.equal(agent.checkPeerTables(), 3, 'rejoined and both endpoints republished');
     t.same(tables.networks(), [INGRESS.id]);
 
     const stopping = agent.stop('t2', 1000);
     t.notOk(tables.getEntry(PEER_TABLE, INGRESS.id, 't2.ingressnet'), 'stop withdrew t2');
-    t.equal(await agent.reconcile(), 0, 'a stopping (still running) task is not republished');
+    t.equal(agent.checkPeerTables(), 0, 'a stopping (still running) task is not republished');
     await stopping;
-    t.equal(await agent.reconcile(), 0, 'nor a stopped one');
+    t.equal(agent.checkPeerTables(), 0, 'nor a stopped one');
     t.equal(agent.counters.repairs, 4);
   },
 );
