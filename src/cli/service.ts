@@ -252,6 +252,7 @@ interface Row {
   error?: string;
   ageMs: number;
   nodeState?: string;
+  stale?: true;
 }
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
@@ -269,16 +270,6 @@ function table(rows: string[][]): string {
       )
       .join('\n') + '\n'
   );
-}
-
-/** Task states a node still has to report on. */
-const LIVE_STATES = new Set(['assigned', 'accepted', 'preparing', 'ready', 'starting', 'running']);
-
-/** A live task on a node that is not ready shows its last report: say so. */
-function staleNote(r: Row): string {
-  return r.nodeState !== undefined && r.nodeState !== 'ready' && LIVE_STATES.has(r.state)
-    ? ` (node ${r.nodeState})`
-    : '';
 }
 
 function age(ms: number): string {
@@ -425,7 +416,7 @@ export async function serviceCmd(a: Args): Promise<number> {
               r.name,
               r.node || '-',
               r.desired,
-              `${r.state} ${age(r.ageMs)} ago${staleNote(r)}`,
+              `${r.state} ${age(r.ageMs)} ago${r.stale ? ` (node ${r.nodeState ?? '?'})` : ''}`,
               r.error ?? (r.state === 'pending' ? r.message : ''),
             ]),
           ]),

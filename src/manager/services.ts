@@ -76,6 +76,7 @@ const isPlain = (v: unknown): v is Record<string, unknown> =>
   typeof v === 'object' && v !== null && !Array.isArray(v);
 const TERMINAL_RANK = taskStateRank('complete');
 export const isTerminal = (t: Task): boolean => taskStateRank(t.state) >= TERMINAL_RANK;
+const ASSIGNED_RANK = taskStateRank('assigned');
 
 // ---- records ---------------------------------------------------------------------------------
 
@@ -787,8 +788,10 @@ export interface TaskRow {
   nodeId?: string;
   /** Hostname of the task's node. */
   node: string;
-  /** State of the task's node (ready, down, …): a task on a down node shows its last report. */
+  /** State of the task's node (ready, down, …). */
   nodeState?: string;
+  /** The task is live on a node that is not ready: `state` is that node's last report. */
+  stale?: true;
   desired: string;
   state: string;
   specVersion: number;
@@ -914,6 +917,12 @@ export function listTasks(store: Store, now: number, serviceId?: string): TaskRo
       ...(t.nodeId !== undefined ? { nodeId: t.nodeId } : {}),
       node: node?.hostname ?? t.nodeId ?? '',
       ...(node ? { nodeState: node.status.state } : {}),
+      ...(node &&
+      node.status.state !== 'ready' &&
+      !isTerminal(t) &&
+      taskStateRank(t.state) >= ASSIGNED_RANK
+        ? { stale: true as const }
+        : {}),
       desired: r.desiredState,
       state: t.state,
       specVersion: r.specVersion,

@@ -187,6 +187,14 @@ t.test('node down and drain: replaced elsewhere; pause keeps tasks', async (t) =
     'rows of tasks on n1 say the node is down',
   );
   t.ok(
+    rows.some((r) => r.nodeId === 'n1' && r.stale === true && r.state === 'running'),
+    'a task still running there is marked stale (its state is the last report)',
+  );
+  t.notOk(
+    rows.some((r) => r.stale && (r.nodeId !== 'n1' || r.state !== 'running')),
+    'nothing else is',
+  );
+  t.ok(
     rows
       .filter((r) => r.nodeId !== undefined && r.nodeId !== 'n1')
       .every((r) => r.nodeState === 'ready'),
