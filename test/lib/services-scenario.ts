@@ -18,6 +18,7 @@ import { join } from 'node:path';
 import { killNetnsProcs, testnet, type TestHost } from './testnet.js';
 import { MeshHosts, until as untilPlain } from './meshd.js';
 import type { LbShow } from '../../src/lb/mesh.js';
+import { netnsList } from '../../src/netlink/index.js';
 
 export interface TaskRow {
   id: string;
@@ -117,9 +118,7 @@ export async function servicesScenario(t: Test, opts: ScenarioOptions): Promise<
     const sh = (ns: string, cmd: string[]) =>
       spawnSync('ip', ['netns', 'exec', ns, ...cmd], { encoding: 'utf8', timeout: 5_000 }).stdout ??
       '';
-    const nsList = spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' })
-      .stdout.split('\n')
-      .map((l) => l.split(' ')[0] ?? '');
+    const nsList = netnsList();
     for (const h of live) {
       for (const ns of nsList.filter((n) => n.startsWith(mh.prefix(h)))) {
         if (/mesh-(ingress|lb-)/.test(ns)) {
@@ -469,10 +468,8 @@ export async function servicesScenario(t: Test, opts: ScenarioOptions): Promise<
   live = [h1, h2];
   mh.procs.get(h3.index)?.kill('SIGKILL');
   killNetnsProcs(`/run/netns/${h3.name}`);
-  for (const ns of spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' }).stdout.split('\n')) {
-    const name = ns.split(' ')[0];
-    if (name?.startsWith(mh.prefix(h3))) killNetnsProcs(`/run/netns/${name}`);
-  }
+  for (const name of netnsList())
+    if (name.startsWith(mh.prefix(h3))) killNetnsProcs(`/run/netns/${name}`);
   // Once the node is found dead (and before replacements run), the survivors' tasks answer.
   const dead = new Set(before.filter((r) => r.node === 'h3').map((r) => r.name));
   await noneLost('after the node kill', [h1, h2], dead, killedAt);
@@ -503,10 +500,7 @@ export async function servicesScenario(t: Test, opts: ScenarioOptions): Promise<
 
   ok(h1, 'service', 'rm', 'web');
   const removedAt = Date.now();
-  const left = () =>
-    spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' })
-      .stdout.split('\n')
-      .filter((l) => /mesh-t-/.test(l) && !l.startsWith(mh.prefix(h3)));
+  const left = () => netnsList().filter((n) => /mesh-t-/.test(n) && !n.startsWith(mh.prefix(h3)));
   await until('tasks gone', () => left().length === 0, 30_000).catch((e: unknown) => {
     t.comment(`left: ${left().join(' ')}`);
     throw e;
