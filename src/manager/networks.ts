@@ -254,6 +254,14 @@ export function planCreateNetwork(
       );
     }
   }
+  if (spec.encrypted === true) {
+    // Fail closed (CVE-2023-28840/41/42 were Docker's cleartext leaks of "encrypted" overlays):
+    // until the agents program ESP for a network's VXLAN traffic, accepting the option would
+    // promise an encryption nobody performs.
+    throw usage(
+      `${at}: --opt encrypted is not available yet: this version of Mesh cannot program ESP (XFRM) for overlay traffic and will not carry it in cleartext; create the network without --opt encrypted and protect the traffic at the application (TLS)`,
+    );
+  }
   if (spec.mtu !== undefined) {
     if (!Number.isInteger(spec.mtu) || spec.mtu < MTU_MIN || spec.mtu > MTU_MAX) {
       throw usage(`${at}: mtu ${String(spec.mtu)} must be an integer in [${MTU_MIN}, ${MTU_MAX}]`);
@@ -309,7 +317,7 @@ export function planCreateNetwork(
     subnets,
     vni,
     options: {
-      encrypted: spec.encrypted === true,
+      encrypted: false, // refused above until ESP is programmed
       ...(spec.mtu !== undefined ? { mtu: spec.mtu } : {}),
       internal,
       attachable,

@@ -176,7 +176,8 @@ export class OverlayError extends MeshError {
 function wrap(what: string, e: unknown): OverlayError {
   if (e instanceof OverlayError) return e;
   // The driver's own verdicts keep their code; whatever the kernel or a tool refused is EOVERLAY.
-  const own = e instanceof MeshError && ['EUSAGE', 'ENOTFOUND', 'EEXIST'].includes(e.code);
+  const own =
+    e instanceof MeshError && ['EUSAGE', 'ENOTFOUND', 'EEXIST', 'EUNSUPPORTED'].includes(e.code);
   const code = own ? e.code : 'EOVERLAY';
   return new OverlayError(code, `${what}: ${e instanceof Error ? e.message : String(e)}`, e);
 }
@@ -243,6 +244,14 @@ export class OverlayDriver {
     const what = `ensure network ${spec.id} (vni ${spec.vni}, netns ${this.netnsName(spec.vni)})`;
     return this.run(what, () => {
       this.validateSpec(spec);
+      if (spec.encrypted) {
+        // Fail closed: the manager refuses to create such a network, but a store written by an
+        // older version may hold one; never bring it up in cleartext.
+        throw new MeshError(
+          'EUNSUPPORTED',
+          `${what}: the network is encrypted and this node cannot program ESP (XFRM) for its VXLAN traffic; refusing to carry it in cleartext (remove the network, or recreate it without --opt encrypted)`,
+        );
+      }
       let st = this.nets.get(spec.vni);
       if (!st) {
         // A network a previous run left: take over its peers and attachments as they are, so

@@ -3,7 +3,13 @@
 // iproute2's JSON output (`ip -j`, `bridge -j`) inside the test's namespaces, and by ping.
 import t, { type Test } from 'tap';
 import { spawnSync } from 'node:child_process';
-import { netnsCreate, netnsDelete, spawnInNetns, type Netns } from '../../src/netlink/index.js';
+import {
+  netnsCreate,
+  netnsDelete,
+  netnsList,
+  spawnInNetns,
+  type Netns,
+} from '../../src/netlink/index.js';
 import { OverlayDriver, type NetworkSpec, type Peer } from '../../src/overlay/index.js';
 import { macFromIp } from '../../src/overlay/plan.js';
 import { testnet, type TestHost, type TestNet } from '../lib/testnet.js';
@@ -202,12 +208,15 @@ t.test(
     t.equal(arp(ovns(h1), 'vx-4096').length, 2, 'still exactly 2 ARP entries');
     t.equal(selfFdb(ovns(h1), 'vx-4096').length, 2, 'still exactly 2 FDB entries');
 
-    // Encrypted networks lose 26 more bytes; an explicit mtu wins.
+    // Encrypted networks fail closed (no ESP is programmed yet): refused, nothing made.
     const d1 = w.drivers[0]!;
-    t.same(await d1.ensureNetwork({ ...NET, id: 'enc', vni: 4097, encrypted: true }), {
-      ns: ovns(h1, 4097),
-      mtu: 8924,
+    await t.rejects(d1.ensureNetwork({ ...NET, id: 'enc', vni: 4097, encrypted: true }), {
+      code: 'EUNSUPPORTED',
+      message:
+        /network is encrypted and this node cannot program ESP .*refusing to carry it in cleartext/,
     });
+    t.notOk(netnsList().includes(ovns(h1, 4097)), 'no namespace for the refused network');
+    // An explicit mtu wins.
     t.same(await d1.ensureNetwork({ ...NET, id: 'small', vni: 4098, mtu: 1400 }), {
       ns: ovns(h1, 4098),
       mtu: 1400,

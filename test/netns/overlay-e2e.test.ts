@@ -68,6 +68,13 @@ t.test('overlay networks between namespaced hosts', async (t) => {
   const token = ok(h1, 'cluster', 'join-token', 'worker', '-q').trim();
   ok(h2, 'cluster', 'join', '--token', token, h1.addr);
   ok(h3, 'cluster', 'join', '--token', token, h1.addr);
+  // Fail closed: a network asked to be encrypted is refused (exit 2, saying why), never made.
+  const enc = ctl(h1, 'net', 'create', '--opt', 'encrypted', 'secure');
+  t.ok(
+    enc.status === 2 && /--opt encrypted is not available yet/.test(enc.stderr),
+    `net create --opt encrypted refused with exit 2 (${enc.status}: ${enc.stderr.trim()})`,
+  );
+  t.not(ctl(h1, 'net', 'inspect', 'secure').status, 0, 'no network "secure" was created');
   ok(h1, 'net', 'create', '--attachable', 'web');
   const vni = (JSON.parse(ok(h1, 'net', 'inspect', 'web', '--json')) as { vni: number }).vni;
   t.equal(vni, 4097, 'VNIs count from 4096 (the ingress network has it)');
