@@ -108,7 +108,7 @@ interface Seed {
 function corpus(): Seed[] {
   const seeds: Seed[] = [];
   const golden = readFileSync(
-    new URL('../../../../shared/data/memberlist-golden-vectors.txt', import.meta.url),
+    new URL('../../../test/fixtures/memberlist-golden-vectors.txt', import.meta.url),
     'utf8',
   );
   const codecOf = (name: string): string => name.replace(/-.*/, '');

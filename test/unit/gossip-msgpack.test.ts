@@ -1,5 +1,5 @@
 // The msgpack layer and every memberlist body against Go's golden vectors
-// (../shared/data/memberlist-golden-vectors.txt, both go-msgpack 0.5.5 and v2.1.5 sections).
+// (test/fixtures/memberlist-golden-vectors.txt, both go-msgpack 0.5.5 and v2.1.5 sections).
 import { readFileSync } from 'node:fs';
 
 import t from 'tap';
@@ -23,7 +23,7 @@ import {
 const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex');
 const unhex = (s: string): Uint8Array => new Uint8Array(Buffer.from(s, 'hex'));
 
-const VECTORS = new URL('../../../../shared/data/memberlist-golden-vectors.txt', import.meta.url);
+const VECTORS = new URL('../../../test/fixtures/memberlist-golden-vectors.txt', import.meta.url);
 
 interface Vector {
   section: IntStyle;
