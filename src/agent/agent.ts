@@ -17,12 +17,12 @@ import { writeFileSync, readFileSync, renameSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Network } from '../manager/objects.js';
 import type { NetworkInfo } from '../manager/service-types.js';
-import { newNodeId } from '../manager/identity.js';
 import { netnsOpen, withNetns } from '../netlink/index.js';
 import { OverlayDriver, type Peer } from '../overlay/index.js';
 import { MeshError } from '../util/errors.js';
 import { createLogger } from '../util/log.js';
 import { TaskRuntime, type TaskInfo } from './runtime.js';
+import { newId } from '../util/ids.js';
 
 const log = createLogger('agent');
 
@@ -346,7 +346,7 @@ export class Agent {
     ) {
       throw new MeshError('EUSAGE', 'run: give the command to run after --');
     }
-    const id = newNodeId();
+    const id = newId();
     const name = spec.name ?? `task-${id.slice(0, 8)}`;
     if (this.state.tasks.some((t) => t.name === name)) {
       throw new MeshError(

@@ -19,7 +19,6 @@ import {
 } from '../manager/pki.js';
 import {
   NodeFiles,
-  newNodeId,
   newRaftId,
   type Credentials,
   type ManagerAddr,
@@ -36,6 +35,7 @@ import { createLogger } from '../util/log.js';
 import type { ApiServer } from './api.js';
 import type { DaemonConfig } from './config.js';
 import type { GossipRole } from './gossip.js';
+import { newId } from '../util/ids.js';
 
 const log = createLogger('cluster');
 
@@ -177,8 +177,8 @@ export class ClusterRole {
     try {
       const advertise = this.advertise(req.advertiseAddr);
       const listen = this.listenAddr(req.listenAddr);
-      const nodeId = newNodeId();
-      const clusterId = newNodeId();
+      const nodeId = newId();
+      const clusterId = newId();
       const ca = await createCA();
       const { keyPem, csrPem } = await generateNodeKey(nodeId);
       const certPem = await issueNodeCert({

@@ -11,7 +11,6 @@
  */
 
 import { MeshError } from '../util/errors.js';
-import { newNodeId } from './identity.js';
 import { reconcile } from './orchestrator.js';
 import {
   describeService,
@@ -28,6 +27,7 @@ import {
   type TaskRow,
 } from './services.js';
 import type { Op, Store } from './store.js';
+import { newId } from '../util/ids.js';
 
 export interface ControllerHost {
   store: Store;
@@ -101,7 +101,7 @@ export class ServiceController {
         this.again = false;
         if (this.stopped || !this.host.isLeader()) return;
         this.stats.rounds++;
-        const plan = reconcile(this.host.store, this.host.now(), newNodeId);
+        const plan = reconcile(this.host.store, this.host.now(), newId);
         if (plan.ops.length === 0) continue;
         try {
           await this.host.commit(plan.ops);
@@ -143,7 +143,7 @@ export class ServiceController {
   }
 
   async create(req: unknown): Promise<ServiceView> {
-    const id = newNodeId();
+    const id = newId();
     await this.commitPlan(() => ({
       ops: planCreateService(this.host.store, req, id, this.host.now()).ops,
       result: null,

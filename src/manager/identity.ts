@@ -7,7 +7,7 @@
  * May import node:fs, node:path, node:crypto, src/util.
  */
 
-import { randomBytes, randomInt } from 'node:crypto';
+import { randomInt } from 'node:crypto';
 import {
   closeSync,
   fsyncSync,
@@ -47,14 +47,6 @@ export interface Credentials {
   caPem: string;
   keyPem: string;
   certPem: string;
-}
-
-/** 25 lower-case base36 characters, like Swarm's node ids. */
-export function newNodeId(): string {
-  const b = randomBytes(16);
-  let n = 0n;
-  for (const x of b) n = (n << 8n) | BigInt(x);
-  return n.toString(36).padStart(25, '0').slice(-25);
 }
 
 /** Raft ids go into u32 fields of conf change entries; removed ids are never reused. */

@@ -18,13 +18,7 @@ import { MeshError } from '../util/errors.js';
 import { createLogger } from '../util/log.js';
 import { ControlServer, type PeerIdentity } from './server.js';
 import type { NodeFiles } from './identity.js';
-import {
-  newNodeId,
-  newRaftId,
-  type Credentials,
-  type ManagerAddr,
-  type NodeState,
-} from './identity.js';
+import { newRaftId, type Credentials, type ManagerAddr, type NodeState } from './identity.js';
 import { CLUSTER_ID, type Cluster, type Node } from './objects.js';
 import type { DispatcherRpc } from './service-types.js';
 import {
@@ -50,6 +44,7 @@ import { RaftNode, decodeProposal } from './raftnode.js';
 import { ServiceController } from './controller.js';
 import { Dispatcher } from './dispatcher.js';
 import { Store, encodeCommand, type ApplyResult, type Op } from './store.js';
+import { newId } from '../util/ids.js';
 
 const log = createLogger('manager');
 
@@ -432,7 +427,7 @@ export class Manager {
         'join: the token is not valid (rotated or mistyped); get a current one with `meshctl cluster join-token worker|manager` on a manager',
       );
     }
-    const nodeId = newNodeId();
+    const nodeId = newId();
     const advertise = String(req.advertiseAddr ?? '');
     const certPem = await issueNodeCert({
       caCertPem: cluster.caCertPem,
@@ -780,7 +775,7 @@ export class Manager {
   }
 
   createNetwork(spec: NetworkSpec): Promise<NetworkView> {
-    const id = newNodeId();
+    const id = newId();
     return this.planAndCommit(() => {
       const { ops } = planCreateNetwork(this.store, spec, id);
       return { ops, result: undefined };
@@ -789,7 +784,7 @@ export class Manager {
 
   /** The ingress network every cluster gets at init. */
   async createIngressNetwork(): Promise<void> {
-    const id = newNodeId();
+    const id = newId();
     await this.planAndCommit(() => ({ ops: planIngressNetwork(this.store, id).ops, result: 0 }));
   }
 

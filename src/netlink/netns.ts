@@ -57,6 +57,11 @@ export class Netns {
     readonly label: string,
   ) {}
 
+  /** `withNetns(this, fn)`: run `fn` synchronously with the calling thread in this namespace. */
+  run<T>(fn: () => T): T {
+    return withNetns(this, fn);
+  }
+
   close(): void {
     if (this.closed) return;
     this.closed = true;

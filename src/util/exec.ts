@@ -5,7 +5,15 @@
  * status, and must never reach the process as an unhandled 'error' event (it killed meshd once).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { withNetns, type Netns } from '../netlink/netns.js';
+
+/**
+ * A network namespace the tool is spawned from. util/ imports nothing of ours, so it names only
+ * the one thing it needs; netlink's `Netns` is one (`run` = withNetns).
+ */
+export interface SpawnNamespace {
+  /** Run `fn` synchronously with the calling thread inside the namespace. */
+  run<T>(fn: () => T): T;
+}
 
 export interface ToolResult {
   code: number | null;
@@ -17,7 +25,7 @@ export interface ToolResult {
 
 export interface ToolOptions {
   /** Run the tool inside this namespace (spawned from it: the child inherits it). */
-  netns?: Netns;
+  netns?: SpawnNamespace;
   /** Fed on stdin, which is then closed. */
   input?: string;
   /** SIGKILL the tool after this long (its result then has code null). */
@@ -31,7 +39,7 @@ export function runTool(
   opts: ToolOptions = {},
 ): Promise<ToolResult> {
   const start = (): ChildProcess => spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'] });
-  return collectChild(opts.netns ? withNetns(opts.netns, start) : start(), opts);
+  return collectChild(opts.netns ? opts.netns.run(start) : start(), opts);
 }
 
 /**
