@@ -15,8 +15,8 @@
 
 import { writeFileSync, readFileSync, renameSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Network } from '../manager/objects.js';
-import type { NetworkInfo } from '../manager/service-types.js';
+import type { Network } from '../api/objects.js';
+import type { NetworkInfo } from '../api/services.js';
 import { netnsOpen, withNetns } from '../netlink/index.js';
 import { OverlayDriver, type Peer } from '../overlay/index.js';
 import { MeshError } from '../util/errors.js';

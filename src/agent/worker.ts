@@ -23,8 +23,8 @@ import type {
   NodeView,
   ServiceEntry,
   TaskStatusUpdate,
-} from '../manager/service-types.js';
-import type { TaskState } from '../manager/objects.js';
+} from '../api/services.js';
+import type { TaskState } from '../api/objects.js';
 import { netnsOpen, withNetns } from '../netlink/index.js';
 import { MeshError } from '../util/errors.js';
 import { createLogger } from '../util/log.js';

@@ -17,7 +17,7 @@
  * view that takes it out of the load balancer.
  * Pure; may import ./wire and manager types.
  */
-import type { ServiceEntry } from '../manager/service-types.js';
+import type { ServiceEntry } from '../api/services.js';
 import { RCODE, TYPE, ptrToIp, type Rr } from './wire.js';
 
 export type Resolution = { kind: 'answer'; rcode: number; answers: Rr[] } | { kind: 'forward' };

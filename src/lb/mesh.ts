@@ -23,10 +23,10 @@
  * at start (auto: IPVS when the kernel has it). apply() is idempotent; reconcile() re-applies
  * the last table and counts the repairs.
  *
- * May import: lb/, netlink/, overlay/ (the driver), manager/service-types (types), util/, node.
+ * May import: lb/, netlink/, overlay/ (the driver), api/ (types), util/, node.
  */
 import { readFileSync, writeFileSync } from 'node:fs';
-import type { NetworkInfo, PortSpec, ServiceEntry } from '../manager/service-types.js';
+import type { NetworkInfo, PortSpec, ServiceEntry } from '../api/services.js';
 import {
   NETLINK_ROUTE,
   NetlinkSocket,

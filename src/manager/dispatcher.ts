@@ -12,7 +12,7 @@
  * only: a new leader answers the first poll of each node with a complete view) and uses timers
  * for long polls and debouncing; clock readings come from the host.
  *
- * May import src/manager/{objects,store,networks,service-types}.ts and src/util/errors.ts.
+ * May import src/api/, src/manager/{store,networks}.ts and src/util/errors.ts.
  */
 
 import { MeshError } from '../util/errors.js';
@@ -26,7 +26,7 @@ import {
   type Node,
   type Task,
   type TaskState,
-} from './objects.js';
+} from '../api/objects.js';
 import type {
   AssignedTask,
   Assignments,
@@ -40,7 +40,7 @@ import type {
   TaskRecord,
   TaskStatus,
   TaskStatusUpdate,
-} from './service-types.js';
+} from '../api/services.js';
 import type { Op, Store } from './store.js';
 
 export interface DispatcherHost {
@@ -254,7 +254,7 @@ export function nodeView(store: Store, nodeId: string, shared?: ViewShared): Nod
   return { tasks, networks, services };
 }
 
-/** service-types.ts ServiceEndpoint.state: active, draining, or not listed (null). */
+/** api/services.ts ServiceEndpoint.state: active, draining, or not listed (null). */
 function endpointState(
   t: Task,
   r: TaskRecord,

@@ -19,8 +19,8 @@ import { createLogger } from '../util/log.js';
 import { ControlServer, type PeerIdentity } from './server.js';
 import type { NodeFiles } from './identity.js';
 import { newRaftId, type Credentials, type ManagerAddr, type NodeState } from './identity.js';
-import { CLUSTER_ID, type Cluster, type Node } from './objects.js';
-import type { DispatcherRpc } from './service-types.js';
+import { CLUSTER_ID, type Cluster, type Node } from '../api/objects.js';
+import type { DispatcherRpc } from '../api/services.js';
 import {
   caDigest,
   certIdentity,

@@ -30,7 +30,7 @@ import {
   allocateVni,
   type SubnetOwner,
 } from './ipam.js';
-import type { Json, Network, Subnet, Task } from './objects.js';
+import type { Json, Network, Subnet, Task } from '../api/objects.js';
 import type { Op, Store } from './store.js';
 
 /** kv key whose value (a counter) every network creation compare-and-sets; see the header. */

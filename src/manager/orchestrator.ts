@@ -9,11 +9,11 @@
  * addresses in the same ops (one command), guarded by network versions.
  *
  * Pure and deterministic: `now` and task ids come in; no clock, randomness or I/O.
- * May import src/manager/{networks,objects,scheduler,services,service-types,store}.ts.
+ * May import src/api/, src/manager/{networks,scheduler,services,store}.ts.
  */
 
 import { MeshError } from '../util/errors.js';
-import type { Json, Node, Service, Task } from './objects.js';
+import type { Json, Node, Service, Task } from '../api/objects.js';
 import {
   addFailure,
   addLoad,
@@ -32,7 +32,7 @@ import {
   taskRecordOf,
   type StoredServiceRecord,
 } from './services.js';
-import type { PortSpec, TaskRecord } from './service-types.js';
+import type { PortSpec, TaskRecord } from '../api/services.js';
 import type { Op, Store } from './store.js';
 
 /** Ended tasks kept per slot (replicated) or node (global) for `service ps`. */

@@ -6,12 +6,12 @@
  * then node id (so equal inputs give equal answers).
  *
  * Pure: no clock (callers pass `now`), no randomness, no I/O.
- * May import src/manager/{objects,service-types}.ts and src/util/errors.ts.
+ * May import src/api/ and src/util/errors.ts.
  */
 
 import { MeshError } from '../util/errors.js';
-import type { Node } from './objects.js';
-import type { PortSpec } from './service-types.js';
+import type { Node } from '../api/objects.js';
+import type { PortSpec } from '../api/services.js';
 
 /**
  * This many failures of a service on a node within FAILURE_WINDOW_MS push the node back for

@@ -9,7 +9,7 @@
  * bytes (same state, same bytes). Watchers see each committed command's changes in log order,
  * which is what the allocator, scheduler and dispatcher build on.
  *
- * May import src/manager/objects.ts, src/raft/sessions.ts and src/util/errors.ts.
+ * May import src/api/objects.ts, src/raft/sessions.ts and src/util/errors.ts.
  */
 
 import { SessionTable } from '../raft/sessions.js';
@@ -28,7 +28,7 @@ import {
   type ObjectMap,
   type StoreObject,
   type Task,
-} from './objects.js';
+} from '../api/objects.js';
 
 export type Op =
   | { [K in Kind]: { op: 'create'; kind: K; value: ObjectInput<K> } }[Kind]

@@ -12,11 +12,7 @@ import { netnsCreate, spawnInNetns, type Netns } from '../../src/netlink/index.j
 import { OverlayDriver, type Peer } from '../../src/overlay/index.js';
 import { macFromIp } from '../../src/overlay/plan.js';
 import { ServiceLb, INGRESS_TABLE } from '../../src/lb/mesh.js';
-import type {
-  NetworkInfo,
-  ServiceEndpoint,
-  ServiceEntry,
-} from '../../src/manager/service-types.js';
+import type { NetworkInfo, ServiceEndpoint, ServiceEntry } from '../../src/api/services.js';
 import { testnet, type TestHost } from '../lib/testnet.js';
 
 if (process.getuid?.() !== 0) {

@@ -9,7 +9,7 @@
 // ORCH_SIM_SEEDS=N sets the runs, ORCH_SIM_STEPS the steps per run.
 import t from 'tap';
 import { SeededRandom } from '../../src/raft/random.js';
-import type { Node, Task, TaskState } from '../../src/manager/objects.js';
+import type { Node, Task, TaskState } from '../../src/api/objects.js';
 import { reconcile } from '../../src/manager/orchestrator.js';
 import { planCreateNetwork, planIngressNetwork } from '../../src/manager/networks.js';
 import {

@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import { Agent, PEER_TABLE, type PeerTables } from '../../src/agent/agent.js';
 import type { TaskInfo, TaskRuntime } from '../../src/agent/runtime.js';
-import type { NetworkInfo } from '../../src/manager/service-types.js';
+import type { NetworkInfo } from '../../src/api/services.js';
 import type { OverlayDriver } from '../../src/overlay/index.js';
 import { MeshError } from '../../src/util/errors.js';
 

@@ -13,13 +13,8 @@ import {
   viewShared,
   type DispatcherHost,
 } from '../../src/manager/dispatcher.js';
-import type { Json, TaskState } from '../../src/manager/objects.js';
-import type {
-  Assignments,
-  NodeView,
-  ServiceRecord,
-  TaskRecord,
-} from '../../src/manager/service-types.js';
+import type { Json, TaskState } from '../../src/api/objects.js';
+import type { Assignments, NodeView, ServiceRecord, TaskRecord } from '../../src/api/services.js';
 import { Store, encodeCommand, type Op } from '../../src/manager/store.js';
 import { MeshError } from '../../src/util/errors.js';
 

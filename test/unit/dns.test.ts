@@ -14,7 +14,7 @@ import {
   ptrToIp,
   readName,
 } from '../../src/dns/wire.js';
-import type { ServiceEntry } from '../../src/manager/service-types.js';
+import type { ServiceEntry } from '../../src/api/services.js';
 import { MeshError } from '../../src/util/errors.js';
 
 /** `web.app` A IN, id 0x1234, RD: header (12) + name (9) + type/class (4). */

@@ -3,7 +3,7 @@
 // delays, node down and drain, scale down from the top, rolling updates in batches with delay
 // and failure actions, rollback, removal, global services, task history limit.
 import t from 'tap';
-import type { Node, Task, TaskState } from '../../src/manager/objects.js';
+import type { Node, Task, TaskState } from '../../src/api/objects.js';
 import { reconcile } from '../../src/manager/orchestrator.js';
 import {
   listTasks,

@@ -12,7 +12,7 @@ function throwsWith(t: Test, f: () => unknown, ok: (e: unknown) => boolean, msg?
   }
 }
 
-import type { Node } from '../../src/manager/objects.js';
+import type { Node } from '../../src/api/objects.js';
 import {
   FAILURE_WINDOW_MS,
   MAX_RECENT_FAILURES,

@@ -8,7 +8,7 @@ import {
   type Kind,
   type ObjectInput,
   type TaskState,
-} from '../../src/manager/objects.js';
+} from '../../src/api/objects.js';
 import {
   Store,
   encodeCommand,

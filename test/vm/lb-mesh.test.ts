@@ -12,11 +12,7 @@ import { netnsCreate, spawnInNetns, type Netns } from '../../src/netlink/index.j
 import { OverlayDriver, type Peer } from '../../src/overlay/index.js';
 import { macFromIp } from '../../src/overlay/plan.js';
 import { ServiceLb } from '../../src/lb/mesh.js';
-import type {
-  NetworkInfo,
-  ServiceEndpoint,
-  ServiceEntry,
-} from '../../src/manager/service-types.js';
+import type { NetworkInfo, ServiceEndpoint, ServiceEntry } from '../../src/api/services.js';
 import { testnet, type TestHost } from '../lib/testnet.js';
 import { ipvsadmLines, showLines } from '../lib/ipvs-lines.js';
 
