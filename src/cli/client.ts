@@ -4,7 +4,7 @@
  * May import: util/, node built-ins.
  */
 import { request } from 'node:http';
-import { MeshError, UsageError } from '../util/errors.js';
+import { MeshError, UsageError, errorCode } from '../util/errors.js';
 
 export const DEFAULT_SOCKET = '/run/meshd/meshd.sock';
 
@@ -50,7 +50,12 @@ export function call<T>(
           }
           const err = (parsed as { error?: { code: string; message: string } }).error;
           if (res.statusCode !== 200 || err)
-            reject(new MeshError(err?.code ?? 'EPROTO', err?.message ?? `HTTP ${res.statusCode}`));
+            reject(
+              new MeshError(
+                errorCode(err?.code, 'EPROTO'),
+                err?.message ?? `HTTP ${res.statusCode}`,
+              ),
+            );
           else resolve(parsed as T);
         });
       },

@@ -31,7 +31,7 @@ import {
   type RaftPeer,
   type TlsCredentials,
 } from '../raft/transport.js';
-import { MeshError } from '../util/errors.js';
+import { MeshError, errorCode } from '../util/errors.js';
 import { createLogger, type Logger } from '../util/log.js';
 
 export type { PeerIdentity, TlsCredentials } from '../raft/transport.js';
@@ -628,7 +628,7 @@ export class RpcClient {
         this.pending.delete(rep.id!);
         clearTimeout(p.timer);
         if (rep.error !== undefined) {
-          const code = typeof rep.error.code === 'string' ? rep.error.code : 'EINTERNAL';
+          const code = errorCode(rep.error.code, 'EINTERNAL');
           const message =
             typeof rep.error.message === 'string' ? rep.error.message : `rpc ${p.method}: failed`;
           p.reject(new MeshError(code, message));

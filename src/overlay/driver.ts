@@ -13,7 +13,7 @@
  */
 import { spawnSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
-import { MeshError } from '../util/errors.js';
+import { MeshError, type ErrorCode } from '../util/errors.js';
 import {
   NETLINK_ROUTE,
   NetlinkError,
@@ -167,7 +167,7 @@ interface GwRecord {
 export class OverlayError extends MeshError {
   /** errno name of the underlying kernel error (`EEXIST`, …), if there was one. */
   readonly errnoName: string | undefined;
-  constructor(code: string, message: string, cause?: unknown) {
+  constructor(code: ErrorCode, message: string, cause?: unknown) {
     super(code, message, { cause });
     this.errnoName = cause instanceof NetlinkError ? cause.errnoName : undefined;
   }

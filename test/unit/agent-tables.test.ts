@@ -111,7 +111,7 @@ class Overlay {
       if (this.failFirst) {
         this.failFirst = false;
         this.seen.delete(spec.vni);
-        throw new MeshError('EBUSY', `ensure network vni ${spec.vni}: busy`);
+        throw new MeshError('EOVERLAY', `ensure network vni ${spec.vni}: busy`);
       }
     }
     return { ns: 'fake', mtu: 1450 };
@@ -199,7 +199,7 @@ t.test(
 
 t.test('a failed network setup leaves no user behind; the retry joins', async (t) => {
   const { agent, tables } = setup(t, new Overlay(5, true));
-  await t.rejects(agent.useNetwork(INGRESS, 'lb'), { code: 'EBUSY' });
+  await t.rejects(agent.useNetwork(INGRESS, 'lb'), { code: 'EOVERLAY' });
   t.same(tables.networks(), [], 'not joined after the failure');
   t.throws(
     () => agent.publishEndpoint(INGRESS.id, 'lb-n1.ingressnet', '10.0.0.8', '02:42:0a:00:00:08'),

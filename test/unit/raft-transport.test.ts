@@ -460,7 +460,7 @@ t.test('unreachable: unknown peer, peer down, queue full', async (t) => {
 t.test('rpc: results, errors, identities, CA pinning', async (t) => {
   const n1 = await startNode(1);
   n1.server.register('echo', (params, peer) => Promise.resolve({ params, peer }));
-  n1.server.register('fail', () => Promise.reject(new MeshError('ENOPE', 'rpc fail: nope')));
+  n1.server.register('fail', () => Promise.reject(new MeshError('ECONFLICT', 'rpc fail: nope')));
   n1.server.register('boom', () => {
     throw new TypeError('bug');
   });
@@ -477,7 +477,7 @@ t.test('rpc: results, errors, identities, CA pinning', async (t) => {
       (e) => e,
     );
   const e1 = (await errOf(c.call('fail'))) as MeshError;
-  t.equal(e1.code, 'ENOPE');
+  t.equal(e1.code, 'ECONFLICT');
   t.equal(e1.message, 'rpc fail: nope');
   const e2 = (await errOf(c.call('boom'))) as MeshError;
   t.equal(e2.code, 'EINTERNAL');
