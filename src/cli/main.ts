@@ -176,6 +176,13 @@ function cmdArgs(a: Args, skip: number, options: OptSpec, what: string) {
   }
 }
 
+/** A command that takes no options and no arguments: anything after it is a usage error. */
+function noArgs(a: Args, skip: number, what: string): void {
+  const { positionals } = cmdArgs(a, skip, {}, what);
+  if (positionals.length > 0)
+    throw new UsageError(`${what}: unexpected argument ${JSON.stringify(positionals[0])}`);
+}
+
 const out = (s: string): void => void process.stdout.write(s);
 
 interface NodeView {
@@ -643,9 +650,12 @@ export async function run(argv: readonly string[]): Promise<number> {
     }
     switch (a.words[0]) {
       case 'version':
+        noArgs(a, 1, 'version');
         await version(a);
         return 0;
       case 'debug':
+        if (['raft', 'overlay', 'gossip'].includes(a.words[1] ?? ''))
+          noArgs(a, 2, `debug ${a.words[1]}`);
         if (a.words[1] === 'raft') {
           process.stdout.write(
             JSON.stringify(await call(a.host, 'GET', '/v1/raft/status'), null, a.json ? 0 : 2) +

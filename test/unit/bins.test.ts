@@ -27,3 +27,32 @@ for (const bin of ['meshd', 'meshctl']) {
     t.match(bad.stderr, /see .* --help/);
   });
 }
+
+t.test(
+  'meshctl: every command refuses unknown options and stray arguments before calling meshd',
+  async (t) => {
+    // --host points nowhere: a command that reached the network would fail with exit 1 instead.
+    const run = (...args: string[]) =>
+      spawnSync(
+        process.execPath,
+        [`${root}${pkg.bin.meshctl}`, '--host', '/nonexistent.sock', ...args],
+        {
+          encoding: 'utf8',
+        },
+      );
+    for (const args of [
+      ['version', '--bogus'],
+      ['version', 'extra'],
+      ['debug', 'gossip', '--x'],
+      ['debug', 'raft', 'y'],
+      ['debug', 'overlay', '--nope'],
+      ['ps', '--nope'],
+    ]) {
+      const r = run(...args);
+      t.equal(r.status, 2, `meshctl ${args.join(' ')} exits 2`);
+      t.equal(r.stdout, '', 'nothing on stdout');
+      t.match(r.stderr, /see meshctl --help/);
+    }
+    t.equal(run('version').status, 1, 'without a bad flag it does try to reach meshd');
+  },
+);
