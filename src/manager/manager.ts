@@ -40,10 +40,10 @@ import {
   type NetworkSpec,
   type NetworkView,
 } from './networks.js';
-import { RaftNode, decodeProposal } from './raftnode.js';
+import { RaftNode } from './raftnode.js';
 import { ServiceController } from './controller.js';
 import { Dispatcher } from './dispatcher.js';
-import { Store, encodeCommand, type ApplyResult, type Op } from './store.js';
+import { Store, encodeOps, type ApplyResult, type Op } from './store.js';
 import { newId } from '../util/ids.js';
 
 const log = createLogger('manager');
@@ -219,15 +219,12 @@ export class Manager {
   // ---- store access ----
 
   private applyEntry(index: number, data: Uint8Array): ApplyResult {
-    return applyProposal(this.store, index, data);
+    return this.store.apply(index, data);
   }
 
   /** Replicate `ops` as one transaction; throws the store's refusal as a MeshError. */
   async commit(ops: Op[], timeoutMs?: number): Promise<number[]> {
-    const res = (await this.raft.propose(
-      Buffer.from(JSON.stringify(ops)),
-      timeoutMs,
-    )) as ApplyResult;
+    const res = (await this.raft.propose(encodeOps(ops), timeoutMs)) as ApplyResult;
     if (!res.ok) throw new MeshError(res.error.code, res.error.message);
     return res.versions;
   }
@@ -941,21 +938,6 @@ export class Manager {
   static defaultHostname(): string {
     return osHostname();
   }
-}
-
-/** Apply one committed proposal (raftnode's header + JSON ops) to the store. */
-export function applyProposal(store: Store, index: number, data: Uint8Array): ApplyResult {
-  const p = decodeProposal(data);
-  if (p === null) {
-    return { ok: false, error: { code: 'EUSAGE', message: 'undecodable proposal' } };
-  }
-  let ops: unknown;
-  try {
-    ops = JSON.parse(Buffer.from(p.cmd).toString('utf8'));
-  } catch {
-    ops = null;
-  }
-  return store.apply(index, encodeCommand({ client: p.client, seq: p.seq, ops: ops as Op[] }));
 }
 
 function parseCtx(ctx: Uint8Array | undefined): { nodeId: string; addr: string } | null {

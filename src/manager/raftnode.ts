@@ -43,6 +43,7 @@ import { DiskStorage } from '../raft/diskstorage.js';
 import type { WalFs } from '../raft/wal.js';
 import { MeshError } from '../util/errors.js';
 import { createLogger } from '../util/log.js';
+import { decodeEntry, encodeEntry } from './entry.js';
 
 const log = createLogger('raft');
 
@@ -115,31 +116,6 @@ interface PendingConf {
   reject(e: unknown): void;
   cc: ConfChange;
   deadline: number;
-}
-
-/** Entry data layout: u8 version 1 | u16 client length | client | f64 seq | command bytes. */
-export function encodeProposal(client: string, seq: number, cmd: Uint8Array): Uint8Array {
-  const c = Buffer.from(client, 'utf8');
-  const out = Buffer.allocUnsafe(1 + 2 + c.length + 8 + cmd.length);
-  out[0] = 1;
-  out.writeUInt16BE(c.length, 1);
-  c.copy(out, 3);
-  out.writeDoubleBE(seq, 3 + c.length);
-  out.set(cmd, 11 + c.length);
-  return out;
-}
-
-export function decodeProposal(
-  b: Uint8Array,
-): { client: string; seq: number; cmd: Uint8Array } | null {
-  if (b.length < 11 || b[0] !== 1) return null;
-  const buf = Buffer.from(b.buffer, b.byteOffset, b.byteLength);
-  const n = buf.readUInt16BE(1);
-  if (b.length < 11 + n) return null;
-  const client = buf.toString('utf8', 3, 3 + n);
-  const seq = buf.readDoubleBE(3 + n);
-  if (!Number.isSafeInteger(seq) || seq <= 0) return null;
-  return { client, seq, cmd: b.subarray(11 + n) };
 }
 
 /** Default timing: 50 ms ticks, elections after 0.5–1 s of silence, heartbeats every tick. */
@@ -296,7 +272,7 @@ export class RaftNode {
     lane.busy = true;
     lane.seq++;
     const seq = lane.seq;
-    const data = encodeProposal(lane.client, seq, cmd);
+    const data = encodeEntry(lane.client, seq, cmd);
     return new Promise((resolve, reject) => {
       const now = Date.now();
       const p: Pending = {
@@ -526,7 +502,7 @@ export class RaftNode {
       if (e.type === EntryType.ConfChange) {
         this.applyConf(e);
       } else if (e.data.length > 0) {
-        const p = decodeProposal(e.data);
+        const p = decodeEntry(e.data);
         let result: unknown;
         try {
           result = this.sm.apply(e.index, e.data);

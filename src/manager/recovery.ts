@@ -16,7 +16,6 @@ import { EntryType, type Ready } from '../raft/index.js';
 import { MeshError } from '../util/errors.js';
 import { createLogger } from '../util/log.js';
 import type { NodeFiles, NodeState } from './identity.js';
-import { applyProposal } from './manager.js';
 import { Store } from './store.js';
 
 const log = createLogger('recovery');
@@ -36,7 +35,7 @@ export async function forceNewCluster(files: NodeFiles, state: NodeState): Promi
   while (index < commit) {
     const ents = old.entries(index + 1, commit + 1, 64 << 20);
     for (const e of ents) {
-      if (e.type === EntryType.Normal && e.data.length > 0) applyProposal(store, e.index, e.data);
+      if (e.type === EntryType.Normal && e.data.length > 0) store.apply(e.index, e.data);
       index = e.index;
     }
   }

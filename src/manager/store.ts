@@ -9,10 +9,11 @@
  * bytes (same state, same bytes). Watchers see each committed command's changes in log order,
  * which is what the allocator, scheduler and dispatcher build on.
  *
- * May import src/api/objects.ts, src/raft/sessions.ts and src/util/errors.ts.
+ * May import src/api/objects.ts, src/raft/sessions.ts, ./entry.ts and src/util/errors.ts.
  */
 
 import { SessionTable } from '../raft/sessions.js';
+import { decodeEntry, encodeEntry } from './entry.js';
 import { MeshError, invariant } from '../util/errors.js';
 import {
   KINDS,
@@ -88,8 +89,14 @@ const SNAPSHOT_FORMAT = 'mesh-store/1';
 const encoder = new TextEncoder();
 const decoder = new TextDecoder('utf-8', { fatal: true });
 
+/** A command as the raft entry carries it (entry.ts): the header, then the ops as JSON. */
 export function encodeCommand(cmd: Command): Uint8Array {
-  return encoder.encode(JSON.stringify(cmd));
+  return encodeEntry(cmd.client, cmd.seq, encodeOps(cmd.ops));
+}
+
+/** The command part of an entry: what RaftNode.propose takes. */
+export function encodeOps(ops: readonly Op[]): Uint8Array {
+  return encoder.encode(JSON.stringify(ops));
 }
 
 class OpError {
@@ -613,35 +620,34 @@ function decode(
   data: Uint8Array,
 ): { client: string; seq: number; ops: unknown[] } | OpError {
   const at = `apply entry ${index}`;
-  let raw: unknown;
-  try {
-    raw = JSON.parse(decoder.decode(data));
-  } catch {
+  const entry = decodeEntry(data);
+  if (entry === null) {
     return new OpError(
       'EUSAGE',
-      `${at}: not a store command (not UTF-8 JSON); build commands with encodeCommand()`,
+      `${at}: not a store command (no entry header); build commands with encodeCommand()`,
     );
   }
-  if (!depthWithin(raw, COMMAND_LIMITS.maxDepth)) {
-    return new OpError(
-      'EUSAGE',
-      `${at}: the command nests deeper than ${COMMAND_LIMITS.maxDepth} levels`,
-    );
-  }
-  if (!isPlain(raw)) return new OpError('EUSAGE', `${at}: not a store command (not an object)`);
-  const { client, seq, ops } = raw;
-  if (
-    typeof client !== 'string' ||
-    client === '' ||
-    client.length > COMMAND_LIMITS.maxClientLength
-  ) {
+  const { client, seq } = entry;
+  if (client === '' || client.length > COMMAND_LIMITS.maxClientLength) {
     return new OpError(
       'EUSAGE',
       `${at}: client must be a string of 1-${COMMAND_LIMITS.maxClientLength} characters`,
     );
   }
-  if (typeof seq !== 'number' || !Number.isSafeInteger(seq) || seq < 1) {
-    return new OpError('EUSAGE', `${at}: seq must be a positive integer`);
+  let ops: unknown;
+  try {
+    ops = JSON.parse(decoder.decode(entry.cmd));
+  } catch {
+    return new OpError(
+      'EUSAGE',
+      `${at}: the ops are not UTF-8 JSON; build commands with encodeCommand()`,
+    );
+  }
+  if (!depthWithin(ops, COMMAND_LIMITS.maxDepth)) {
+    return new OpError(
+      'EUSAGE',
+      `${at}: the command nests deeper than ${COMMAND_LIMITS.maxDepth} levels`,
+    );
   }
   if (!Array.isArray(ops) || ops.length > COMMAND_LIMITS.maxOps) {
     return new OpError(

@@ -2,6 +2,7 @@
 // under leader changes, isolated nodes and clients that retry through other nodes (so the same
 // command often commits twice). Every replica must give the same result for every index and end
 // byte-identical; every retried command must take effect once. STORE_SIM_SEEDS=N sets the runs.
+import { decodeEntry } from '../../src/manager/entry.js';
 import t from 'tap';
 import { EntryType, ProposalDroppedError, SeededRandom } from '../../src/raft/index.js';
 import { Store, encodeCommand, type Op } from '../../src/manager/store.js';
@@ -45,7 +46,7 @@ function run(seed: number): { error: string | null; commits: number; dupCommits:
   const net = new RaftNet(IDS, {}, seed);
   const reps = new Map<number, Replica>(IDS.map((id) => [id, { store: new Store(), cursor: 0 }]));
   const results = new Map<number, string>();
-  /** Command bytes (as text) → index of its first commit, and how often it committed. */
+  /** Command bytes (base64) → index of its first commit, and how often it committed. */
   const firstAt = new Map<string, number>();
   const commitCount = new Map<string, number>();
   const slots: Slot[] = [0, 1, 2, 3].map((i) => ({ client: `w${i}`, seq: 0, pending: null }));
@@ -61,7 +62,7 @@ function run(seed: number): { error: string | null; commits: number; dupCommits:
         const seen = results.get(e.index);
         if (seen === undefined) {
           results.set(e.index, res);
-          const key = new TextDecoder().decode(e.data);
+          const key = Buffer.from(e.data).toString('base64');
           if (key !== '') {
             if (!firstAt.has(key)) firstAt.set(key, e.index);
             commitCount.set(key, (commitCount.get(key) ?? 0) + 1);
@@ -72,7 +73,8 @@ function run(seed: number): { error: string | null; commits: number; dupCommits:
       }
     }
     for (const s of slots) {
-      if (s.pending !== null && firstAt.has(new TextDecoder().decode(s.pending))) s.pending = null;
+      if (s.pending !== null && firstAt.has(Buffer.from(s.pending).toString('base64')))
+        s.pending = null;
     }
   };
   const propose = (via: number, data: Uint8Array): void => {
@@ -142,7 +144,7 @@ function run(seed: number): { error: string | null; commits: number; dupCommits:
   // moved its marker's version to a later index (or created it, had the first attempt failed).
   for (const rep of reps.values()) {
     for (const [text, first] of firstAt) {
-      const cmd = JSON.parse(text) as { client: string; seq: number };
+      const cmd = decodeEntry(Buffer.from(text, 'base64'))!;
       const okFirst = (JSON.parse(results.get(first)!) as { ok: boolean }).ok;
       const marker = rep.store.get('kv', `log.${cmd.client}.${cmd.seq}`);
       if (error === null && (okFirst ? marker?.version !== first : marker !== undefined)) {

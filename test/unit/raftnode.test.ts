@@ -5,7 +5,8 @@ import t from 'tap';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { RaftNode, decodeProposal, type StateMachine } from '../../src/manager/raftnode.js';
+import { decodeEntry } from '../../src/manager/entry.js';
+import { RaftNode, type StateMachine } from '../../src/manager/raftnode.js';
 import { SessionTable, type Message } from '../../src/raft/index.js';
 
 class KvMachine implements StateMachine {
@@ -13,7 +14,7 @@ class KvMachine implements StateMachine {
   sessions = new SessionTable();
   appliedValues: string[] = [];
   apply(_index: number, data: Uint8Array): unknown {
-    const p = decodeProposal(data);
+    const p = decodeEntry(data);
     if (p === null) return { ok: false };
     if (!this.sessions.admit(p.client, p.seq)) return { ok: true, dup: true };
     const [k, v] = Buffer.from(p.cmd).toString().split('=') as [string, string];

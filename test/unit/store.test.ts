@@ -1,5 +1,6 @@
 // Cluster store: transactions, optimistic concurrency, unique names, forward-only task states,
 // exactly-once via sessions, canonical snapshots, watches, and garbage that never throws.
+import { encodeEntry } from '../../src/manager/entry.js';
 import t from 'tap';
 import { SeededRandom } from '../../src/raft/random.js';
 import {
@@ -510,6 +511,16 @@ t.test('entry handling: empty entries, index order, not-a-command', (t) => {
   });
   t.equal(s.appliedIndex, 5);
   t.same(s.apply(6, encodeCommand({ client: 'a', seq: 1, ops: [] })), { ok: true, versions: [] });
+  // The raft entry's frame is the command's one encoding (entry.ts): a good header with ops
+  // that are not JSON is refused, and so is an entry whose ops are not an array.
+  t.match(errOf(s.apply(7, encodeEntry('a', 2, new TextEncoder().encode('{nope')))), {
+    code: 'EUSAGE',
+    message: /^apply entry 7: the ops are not UTF-8 JSON/,
+  });
+  t.match(errOf(s.apply(8, encodeEntry('a', 3, new TextEncoder().encode('{"op":1}')))), {
+    code: 'EUSAGE',
+    message: /^apply entry 8: ops must be an array/,
+  });
   t.end();
 });
 
