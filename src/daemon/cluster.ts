@@ -25,10 +25,10 @@ import {
   type NodeState,
 } from '../manager/identity.js';
 import type { NetworkSpec } from '../manager/networks.js';
+import type { WalFs } from '../raft/wal.js';
 import { Manager, splitHostPort, type HeartbeatReply, type JoinReply } from '../manager/manager.js';
 import { forceNewCluster } from '../manager/recovery.js';
 import { RpcClient } from '../manager/server.js';
-import { lossyFsFromEnv } from '../raft/lossyfs.js';
 import { StateRole } from '../raft/index.js';
 import { MeshError, UsageError } from '../util/errors.js';
 import { createLogger } from '../util/log.js';
@@ -63,6 +63,7 @@ export class ClusterRole {
   private constructor(
     private readonly cfg: DaemonConfig,
     private readonly gossip: GossipRole | undefined,
+    private readonly walFs: WalFs | undefined,
   ) {
     this.files = new NodeFiles(cfg.dataDir);
     this.state = this.files.loadState();
@@ -72,9 +73,9 @@ export class ClusterRole {
   static async start(
     cfg: DaemonConfig,
     api: ApiServer,
-    opts: { forceNewCluster?: boolean; gossip?: GossipRole } = {},
+    opts: { forceNewCluster?: boolean; gossip?: GossipRole; walFs?: WalFs } = {},
   ): Promise<ClusterRole> {
-    const c = new ClusterRole(cfg, opts.gossip);
+    const c = new ClusterRole(cfg, opts.gossip, opts.walFs);
     c.routes(api);
     if (c.state && c.creds) {
       if (c.state.role === 'manager') {
@@ -89,14 +90,13 @@ export class ClusterRole {
   }
 
   private async startManager(bootstrapVoters?: number[]): Promise<void> {
-    const walFs = lossyFsFromEnv();
+    const walFs = this.walFs;
     this.manager = await Manager.start({
       files: this.files,
       state: this.state!,
       creds: this.creds!,
       ...(bootstrapVoters ? { bootstrapVoters } : {}),
       ...(walFs ? { walFs } : {}),
-      ...(process.env.MESH_RAFT_TICK_MS ? { tickMs: Number(process.env.MESH_RAFT_TICK_MS) } : {}),
       onRemoved: () => void this.demoted(),
     });
   }

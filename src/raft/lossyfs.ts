@@ -216,8 +216,3 @@ export function lossyFs(): LossyFs {
   };
   return fs;
 }
-
-/** The lossy file system when MESH_TEST_LOSSY_FS=1 (crash tests), else undefined. */
-export function lossyFsFromEnv(env: NodeJS.ProcessEnv = process.env): LossyFs | undefined {
-  return env.MESH_TEST_LOSSY_FS === '1' ? lossyFs() : undefined;
-}

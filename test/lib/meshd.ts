@@ -12,6 +12,8 @@ import type { TestHost } from './testnet.js';
 
 const root = fileURLToPath(new URL('../../../', import.meta.url));
 export const MESHD = `${root}dist/src/daemon/main.js`;
+/** meshd whose raft WAL loses unsynced writes on kill -9 (test/lib/meshd-lossy.ts). */
+export const MESHD_LOSSY = `${root}dist/test/lib/meshd-lossy.js`;
 export const MESHCTL = `${root}dist/src/cli/main.js`;
 
 /** meshd's command line for host `h` (after `node`). */

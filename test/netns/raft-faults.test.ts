@@ -1,5 +1,5 @@
 // The manager tier under faults, on real processes (issue 4, "Proof"): 3 and 5 meshd managers,
-// one per namespaced host, with unsynced writes held in memory (MESH_TEST_LOSSY_FS=1, so a
+// one per namespaced host, with unsynced writes held in memory (test/lib/meshd-lossy.ts, so a
 // kill -9 loses what a power cut may lose), under concurrent clients doing reads, writes and
 // compare-and-sets on meshd's debug register, while a seeded schedule partitions hosts (both
 // ways and one way, nftables drops), kills managers with SIGKILL (one, a majority, or all at
@@ -43,6 +43,7 @@ import {
   type FaultKind,
 } from '../lib/faults.js';
 import { checkHistory, kvModel, type KvOp } from '../lib/linearizability.js';
+import { MESHCTL, MESHD, MESHD_LOSSY } from '../lib/meshd.js';
 import { TestNet, testnet, type TestHost } from '../lib/testnet.js';
 
 if (process.getuid?.() !== 0) {
@@ -56,8 +57,6 @@ const seed0 = Number(process.env.MESH_FAULTS_SEED ?? '') || (Date.now() % 100_00
 const kinds = process.env.MESH_FAULTS_KINDS?.split(',') as FaultKind[] | undefined;
 if (long) t.setTimeout(0);
 const root = fileURLToPath(new URL('../../../', import.meta.url));
-const MESHD = `${root}dist/src/daemon/main.js`;
-const MESHCTL = `${root}dist/src/cli/main.js`;
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /**
@@ -168,7 +167,7 @@ class Managers {
             return h.spawn(
               process.execPath,
               [
-                MESHD,
+                MESHD_LOSSY,
                 '--node-name',
                 `m${i + 1}`,
                 '--data-dir',
@@ -182,7 +181,6 @@ class Managers {
               ],
               {
                 stdio: ['ignore', log, log],
-                env: { ...process.env, MESH_TEST_LOSSY_FS: '1' },
               },
             );
           } finally {

@@ -1,7 +1,8 @@
 // The lossy file system (src/raft/lossyfs.ts) under the WAL: records appended and synced
 // survive a crash, records appended without a sync are gone; the same run on the real file
 // system keeps them (so the loss is the lossy fs's doing, not the test's). Then the same with
-// a real `kill -9` of a child process that enabled it through MESH_TEST_LOSSY_FS=1, and the
+// a real `kill -9` of a child process that runs its WAL on it (as test/lib/meshd-lossy.ts runs
+// meshd's), and the
 // process's own view (reads see unsynced writes; renames and unlinks carry or drop them).
 import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -10,7 +11,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';
 import { DiskStorage } from '../../src/raft/diskstorage.js';
-import { lossyFs, lossyFsFromEnv } from '../../src/raft/lossyfs.js';
+import { lossyFs } from '../../src/raft/lossyfs.js';
 import { EntryType, type Entry, type Ready } from '../../src/raft/types.js';
 import { RecordType, Wal, nodeFs, type WalRecord } from '../../src/raft/wal.js';
 
@@ -42,12 +43,6 @@ const rd = (p: Partial<Ready>): Ready => ({
 const indexes = (es: Entry[]): number[] => es.map((e) => e.index);
 const range = (a: number, b: number): number[] =>
   Array.from({ length: b - a + 1 }, (_, i) => a + i);
-
-t.test('lossyFsFromEnv is on only for MESH_TEST_LOSSY_FS=1', async (t) => {
-  t.equal(lossyFsFromEnv({}), undefined);
-  t.equal(lossyFsFromEnv({ MESH_TEST_LOSSY_FS: '0' }), undefined);
-  t.ok(lossyFsFromEnv({ MESH_TEST_LOSSY_FS: '1' }));
-});
 
 t.test('wal over lossy fs: synced records survive a crash, unsynced ones are lost', async (t) => {
   const dir = freshDir();
@@ -176,8 +171,8 @@ t.test('process view: overlays, truncation, rename and unlink', async (t) => {
 const distRaft = fileURLToPath(new URL('../../src/raft/', import.meta.url));
 const child = `
 import { Wal } from ${JSON.stringify(`${distRaft}wal.js`)};
-import { lossyFsFromEnv } from ${JSON.stringify(`${distRaft}lossyfs.js`)};
-const fs = lossyFsFromEnv();
+import { lossyFs } from ${JSON.stringify(`${distRaft}lossyfs.js`)};
+const fs = process.argv[2] === 'lossy' ? lossyFs() : undefined;
 const { wal } = await Wal.open(process.argv[1], fs === undefined ? {} : { fs });
 const rec = (i) => ({ type: 2, entry: { index: i, term: 1, type: 0, data: new Uint8Array(32) } });
 for (let i = 1; i <= 5; i++) await wal.append([rec(i)]);
@@ -187,11 +182,8 @@ setInterval(() => {}, 1000);
 `;
 
 async function killedChild(dir: string, lossy: boolean): Promise<number[]> {
-  const env = { ...process.env };
-  if (lossy) env.MESH_TEST_LOSSY_FS = '1';
-  else delete env.MESH_TEST_LOSSY_FS;
-  const proc = spawn(process.execPath, ['--input-type=module', '-e', child, dir], {
-    env,
+  const args = ['--input-type=module', '-e', child, dir, lossy ? 'lossy' : 'plain'];
+  const proc = spawn(process.execPath, args, {
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   await new Promise<void>((resolve, reject) => {
