@@ -28,7 +28,6 @@ import {
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { fileURLToPath } from 'node:url';
 import {
   ClientPool,
   ManagedProc,
@@ -56,7 +55,6 @@ const seed0 = Number(process.env.MESH_FAULTS_SEED ?? '') || (Date.now() % 100_00
 /** MESH_FAULTS_KINDS=kill,crash-all: draw only these kinds of fault (debugging). */
 const kinds = process.env.MESH_FAULTS_KINDS?.split(',') as FaultKind[] | undefined;
 if (long) t.setTimeout(0);
-const root = fileURLToPath(new URL('../../../', import.meta.url));
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /**
