@@ -191,7 +191,8 @@ export function isKind(k: unknown): k is Kind {
 /** A check returns null when `v` is acceptable, else what is wrong with it (`path` names it). */
 type Check = (v: unknown, path: string) => string | null;
 
-const isPlain = (v: unknown): v is Record<string, unknown> =>
+/** A JSON object (not null, not an array): the first check of every decoder of ours. */
+export const isPlain = (v: unknown): v is Record<string, unknown> =>
   typeof v === 'object' && v !== null && !Array.isArray(v);
 
 const str =

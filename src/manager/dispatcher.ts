@@ -26,6 +26,7 @@ import {
   type Node,
   type Task,
   type TaskState,
+  isPlain,
 } from '../api/objects.js';
 import type {
   AssignedTask,
@@ -78,9 +79,6 @@ const DEFAULT_HEARTBEAT_MS = 2_000;
 
 const FIRST_TERMINAL = taskStateRank('complete');
 const isTerminal = (s: TaskState): boolean => taskStateRank(s) >= FIRST_TERMINAL;
-
-const isPlain = (v: unknown): v is Record<string, unknown> =>
-  typeof v === 'object' && v !== null && !Array.isArray(v);
 
 /** A service task's record, or null for standalone tasks and records another build wrote oddly. */
 export function taskRecordOf(task: Task): TaskRecord | null {

@@ -15,6 +15,7 @@
  * May import src/manager/{ipam,objects,store}.ts and src/util/errors.ts.
  */
 
+import { isPlain } from '../api/objects.js';
 import { MeshError } from '../util/errors.js';
 import {
   allocateAddress,
@@ -106,9 +107,6 @@ function mustFind(store: Store, ref: string, at: string): Network {
   }
   return n;
 }
-
-const isPlain = (v: unknown): v is Record<string, unknown> =>
-  typeof v === 'object' && v !== null && !Array.isArray(v);
 
 function isIpv4Cidr(x: string): boolean {
   const [ip, prefix, extra] = x.split('/');

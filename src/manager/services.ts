@@ -16,7 +16,7 @@ import { MeshError } from '../util/errors.js';
 import { allocateAddress, parseCidr } from './ipam.js';
 import { addressesInUse, findNetwork } from './networks.js';
 import type { Json, Network, Node, Service, Task } from '../api/objects.js';
-import { taskStateRank } from '../api/objects.js';
+import { taskStateRank, isPlain } from '../api/objects.js';
 import { parseConstraint } from './scheduler.js';
 import type {
   HealthCheck,
@@ -72,8 +72,6 @@ export const DEFAULT_UPDATE: UpdateConfig = {
 export const DEFAULT_STOP_GRACE_MS = 10_000;
 
 const usage = (m: string): MeshError => new MeshError('EUSAGE', m);
-const isPlain = (v: unknown): v is Record<string, unknown> =>
-  typeof v === 'object' && v !== null && !Array.isArray(v);
 const TERMINAL_RANK = taskStateRank('complete');
 export const isTerminal = (t: Task): boolean => taskStateRank(t.state) >= TERMINAL_RANK;
 const ASSIGNED_RANK = taskStateRank('assigned');

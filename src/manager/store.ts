@@ -29,6 +29,7 @@ import {
   type ObjectMap,
   type StoreObject,
   type Task,
+  isPlain,
 } from '../api/objects.js';
 
 export type Op =
@@ -105,9 +106,6 @@ class OpError {
     readonly message: string,
   ) {}
 }
-
-const isPlain = (v: unknown): v is Record<string, unknown> =>
-  typeof v === 'object' && v !== null && !Array.isArray(v);
 
 /** False if `v` nests deeper than `max` (bails out early, so the walk itself stays shallow). */
 function depthWithin(v: unknown, max: number): boolean {
