@@ -80,7 +80,7 @@ export interface Network extends Meta {
   };
   readonly labels: Readonly<Record<string, string>>;
   /**
-   * Address allocation state (src/manager/ipam.ts): per subnet (CIDR), the address handed out
+   * Address allocation state (src/manager/allocation/ipam.ts): per subnet (CIDR), the address handed out
    * last, so allocation continues after it, also on a new leader.
    */
   readonly ipam?: { readonly last: Readonly<Record<string, string>> };

@@ -16,19 +16,19 @@ import {
   makeJoinToken,
   needsRenewal,
   parseJoinToken,
-} from '../manager/pki.js';
+} from '../manager/ca/pki.js';
 import {
   NodeFiles,
   newRaftId,
   type Credentials,
   type ManagerAddr,
   type NodeState,
-} from '../manager/identity.js';
-import type { NetworkSpec } from '../manager/networks.js';
+} from '../manager/ca/identity.js';
+import type { NetworkSpec } from '../manager/allocation/networks.js';
 import type { WalFs } from '../raft/wal.js';
 import { Manager, splitHostPort, type HeartbeatReply, type JoinReply } from '../manager/manager.js';
-import { forceNewCluster } from '../manager/recovery.js';
-import { RpcClient } from '../manager/server.js';
+import { forceNewCluster } from '../manager/store/recovery.js';
+import { RpcClient } from '../manager/dispatch/server.js';
 import { StateRole } from '../raft/index.js';
 import { MeshError, UsageError } from '../util/errors.js';
 import { createLogger } from '../util/log.js';

@@ -7,7 +7,7 @@
  * applied here); every read a user sees goes through `read()` (a ReadIndex barrier first, so a
  * manager that lost touch with the leader never answers from stale state).
  *
- * May import src/raft, src/manager, src/util, node built-ins.
+ * May import src/api, src/raft, every room of src/manager, src/util, node built-ins.
  */
 
 import { hostname as osHostname } from 'node:os';
@@ -16,9 +16,9 @@ import { RaftTransport } from '../raft/transport.js';
 import type { WalFs } from '../raft/wal.js';
 import { MeshError } from '../util/errors.js';
 import { createLogger } from '../util/log.js';
-import { ControlServer, type PeerIdentity } from './server.js';
-import type { NodeFiles } from './identity.js';
-import { newRaftId, type Credentials, type ManagerAddr, type NodeState } from './identity.js';
+import { ControlServer, type PeerIdentity } from './dispatch/server.js';
+import type { NodeFiles } from './ca/identity.js';
+import { newRaftId, type Credentials, type ManagerAddr, type NodeState } from './ca/identity.js';
 import { CLUSTER_ID, type Cluster, type Node } from '../api/objects.js';
 import type { DispatcherRpc } from '../api/services.js';
 import {
@@ -28,7 +28,7 @@ import {
   makeJoinToken,
   parseJoinToken,
   tokenMatches,
-} from './pki.js';
+} from './ca/pki.js';
 import {
   describeNetwork,
   listNetworks,
@@ -39,11 +39,11 @@ import {
   planRemoveNetwork,
   type NetworkSpec,
   type NetworkView,
-} from './networks.js';
-import { RaftNode } from './raftnode.js';
-import { ServiceController } from './controller.js';
-import { Dispatcher } from './dispatcher.js';
-import { Store, encodeOps, type ApplyResult, type Op } from './store.js';
+} from './allocation/networks.js';
+import { RaftNode } from './store/raftnode.js';
+import { ServiceController } from './orchestration/controller.js';
+import { Dispatcher } from './dispatch/dispatcher.js';
+import { Store, encodeOps, type ApplyResult, type Op } from './store/store.js';
 import { newId } from '../util/ids.js';
 
 const log = createLogger('manager');

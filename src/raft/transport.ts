@@ -2,7 +2,7 @@
  * RaftTransport: carries raft messages between managers over mutually authenticated TLS on the
  * control port (2377). One outbound stream per peer (like etcd's stream transport), each
  * direction on its own connection; inbound frames arrive through the ControlServer
- * (src/manager/server.ts), which authenticates the peer and calls `handleInbound`.
+ * (src/manager/dispatch/server.ts), which authenticates the peer and calls `handleInbound`.
  *
  * Delivery is best-effort, as raft expects: a message that cannot be queued (peer down, queue
  * full) is dropped and reported with `onUnreachable`, and raft retries. A MsgSnap goes out as

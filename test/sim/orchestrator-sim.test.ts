@@ -10,8 +10,8 @@
 import t from 'tap';
 import { SeededRandom } from '../../src/raft/random.js';
 import type { Node, Task, TaskState } from '../../src/api/objects.js';
-import { reconcile } from '../../src/manager/orchestrator.js';
-import { planCreateNetwork, planIngressNetwork } from '../../src/manager/networks.js';
+import { reconcile } from '../../src/manager/orchestration/orchestrator.js';
+import { planCreateNetwork, planIngressNetwork } from '../../src/manager/allocation/networks.js';
 import {
   isTerminal,
   planCreateService,
@@ -21,8 +21,8 @@ import {
   planUpdateService,
   recordOf,
   taskRecordOf,
-} from '../../src/manager/services.js';
-import { Store, encodeCommand, type Op } from '../../src/manager/store.js';
+} from '../../src/manager/orchestration/services.js';
+import { Store, encodeCommand, type Op } from '../../src/manager/store/store.js';
 import { MeshError } from '../../src/util/errors.js';
 
 const SEEDS = Number(process.env.ORCH_SIM_SEEDS ?? 8);

@@ -2,10 +2,10 @@
 // under leader changes, isolated nodes and clients that retry through other nodes (so the same
 // command often commits twice). Every replica must give the same result for every index and end
 // byte-identical; every retried command must take effect once. STORE_SIM_SEEDS=N sets the runs.
-import { decodeEntry } from '../../src/manager/entry.js';
+import { decodeEntry } from '../../src/manager/store/entry.js';
 import t from 'tap';
 import { EntryType, ProposalDroppedError, SeededRandom } from '../../src/raft/index.js';
-import { Store, encodeCommand, type Op } from '../../src/manager/store.js';
+import { Store, encodeCommand, type Op } from '../../src/manager/store/store.js';
 import { RaftNet } from './lib/raft-net.js';
 
 const seeds = Number(process.env.STORE_SIM_SEEDS ?? 30);

@@ -12,10 +12,10 @@ import {
   nodeView,
   viewShared,
   type DispatcherHost,
-} from '../../src/manager/dispatcher.js';
+} from '../../src/manager/dispatch/dispatcher.js';
 import type { Json, TaskState } from '../../src/api/objects.js';
 import type { Assignments, NodeView, ServiceRecord, TaskRecord } from '../../src/api/services.js';
-import { Store, encodeCommand, type Op } from '../../src/manager/store.js';
+import { Store, encodeCommand, type Op } from '../../src/manager/store/store.js';
 import { MeshError } from '../../src/util/errors.js';
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));

@@ -15,7 +15,7 @@ import {
   validateGateway,
   validateIpRange,
   validateSubnet,
-} from '../../src/manager/ipam.js';
+} from '../../src/manager/allocation/ipam.js';
 import { MeshError } from '../../src/util/errors.js';
 
 function code(f: () => unknown): string {

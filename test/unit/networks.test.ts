@@ -11,7 +11,7 @@ import {
   cidrOverlaps,
   parseCidr,
   parseIpv4,
-} from '../../src/manager/ipam.js';
+} from '../../src/manager/allocation/ipam.js';
 import {
   NETWORK_ALLOC_KEY,
   describeNetwork,
@@ -24,8 +24,8 @@ import {
   planRemoveNetwork,
   taskAttachments,
   type NetworkSpec,
-} from '../../src/manager/networks.js';
-import { Store, encodeCommand, type ApplyResult, type Op } from '../../src/manager/store.js';
+} from '../../src/manager/allocation/networks.js';
+import { Store, encodeCommand, type ApplyResult, type Op } from '../../src/manager/store/store.js';
 import { MeshError } from '../../src/util/errors.js';
 
 /** A store and the raft log feeding it: `commit` applies ops as the next entry. */

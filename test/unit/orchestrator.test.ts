@@ -4,7 +4,7 @@
 // and failure actions, rollback, removal, global services, task history limit.
 import t from 'tap';
 import type { Node, Task, TaskState } from '../../src/api/objects.js';
-import { reconcile } from '../../src/manager/orchestrator.js';
+import { reconcile } from '../../src/manager/orchestration/orchestrator.js';
 import {
   listTasks,
   planCreateService,
@@ -14,9 +14,9 @@ import {
   planUpdateService,
   recordOf,
   taskRecordOf,
-} from '../../src/manager/services.js';
-import { Store, encodeCommand, type Op } from '../../src/manager/store.js';
-import { planCreateNetwork, planIngressNetwork } from '../../src/manager/networks.js';
+} from '../../src/manager/orchestration/services.js';
+import { Store, encodeCommand, type Op } from '../../src/manager/store/store.js';
+import { planCreateNetwork, planIngressNetwork } from '../../src/manager/allocation/networks.js';
 
 class H {
   store = new Store();

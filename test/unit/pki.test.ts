@@ -28,7 +28,7 @@ import {
   tokenMatches,
   verifyNodeCert,
   type NodeRole,
-} from '../../src/manager/pki.js';
+} from '../../src/manager/ca/pki.js';
 import { MeshError } from '../../src/util/errors.js';
 
 const NOW = new Date('2026-11-22T07:00:00Z');

@@ -11,7 +11,7 @@ import * as tls from 'node:tls';
 
 import t from 'tap';
 
-import { chainProblem, ControlServer, RpcClient } from '../../src/manager/server.js';
+import { chainProblem, ControlServer, RpcClient } from '../../src/manager/dispatch/server.js';
 import { encodeFrame, FrameDecoder, FrameKind } from '../../src/raft/codec.js';
 import { encodeJsonFrame, RaftTransport, type TlsCredentials } from '../../src/raft/transport.js';
 import { EntryType, MessageType, type Message } from '../../src/raft/types.js';

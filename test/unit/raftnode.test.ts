@@ -5,8 +5,8 @@ import t from 'tap';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { decodeEntry } from '../../src/manager/entry.js';
-import { RaftNode, type StateMachine } from '../../src/manager/raftnode.js';
+import { decodeEntry } from '../../src/manager/store/entry.js';
+import { RaftNode, type StateMachine } from '../../src/manager/store/raftnode.js';
 import { SessionTable, type Message } from '../../src/raft/index.js';
 
 class KvMachine implements StateMachine {

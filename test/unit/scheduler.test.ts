@@ -22,7 +22,7 @@ import {
   parseConstraint,
   pickNode,
   type NodeLoad,
-} from '../../src/manager/scheduler.js';
+} from '../../src/manager/orchestration/scheduler.js';
 import { MeshError } from '../../src/util/errors.js';
 
 const node = (id: string, over: Partial<Node> = {}): Node => ({

@@ -16,13 +16,16 @@ function throwsWith(t: Test, f: () => unknown, ok: (e: unknown) => boolean, msg?
 }
 
 import { parseDuration, parsePort, parseServiceArgs } from '../../src/cli/service.js';
-import { ServiceController, type ControllerHost } from '../../src/manager/controller.js';
+import {
+  ServiceController,
+  type ControllerHost,
+} from '../../src/manager/orchestration/controller.js';
 import {
   addressesInUse,
   planCreateNetwork,
   planIngressNetwork,
   planRemoveNetwork,
-} from '../../src/manager/networks.js';
+} from '../../src/manager/allocation/networks.js';
 import {
   AUTO_PORT_MIN,
   describeService,
@@ -34,8 +37,8 @@ import {
   planScaleService,
   planUpdateService,
   recordOf,
-} from '../../src/manager/services.js';
-import { Store, encodeCommand, type ApplyResult, type Op } from '../../src/manager/store.js';
+} from '../../src/manager/orchestration/services.js';
+import { Store, encodeCommand, type ApplyResult, type Op } from '../../src/manager/store/store.js';
 import { MeshError } from '../../src/util/errors.js';
 
 class H {

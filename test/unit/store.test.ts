@@ -1,6 +1,6 @@
 // Cluster store: transactions, optimistic concurrency, unique names, forward-only task states,
 // exactly-once via sessions, canonical snapshots, watches, and garbage that never throws.
-import { encodeEntry } from '../../src/manager/entry.js';
+import { encodeEntry } from '../../src/manager/store/entry.js';
 import t from 'tap';
 import { SeededRandom } from '../../src/raft/random.js';
 import {
@@ -16,7 +16,7 @@ import {
   type ApplyResult,
   type Op,
   type WatchEvent,
-} from '../../src/manager/store.js';
+} from '../../src/manager/store/store.js';
 
 const node = (id: string, over: Partial<ObjectInput<'node'>> = {}): ObjectInput<'node'> => ({
   id,

@@ -12,9 +12,9 @@
  * May import src/api/objects.ts, src/raft/sessions.ts, ./entry.ts and src/util/errors.ts.
  */
 
-import { SessionTable } from '../raft/sessions.js';
+import { SessionTable } from '../../raft/sessions.js';
 import { decodeEntry, encodeEntry } from './entry.js';
-import { MeshError, invariant } from '../util/errors.js';
+import { MeshError, invariant } from '../../util/errors.js';
 import {
   KINDS,
   NAMED_KINDS,
@@ -30,7 +30,7 @@ import {
   type StoreObject,
   type Task,
   isPlain,
-} from '../api/objects.js';
+} from '../../api/objects.js';
 
 export type Op =
   | { [K in Kind]: { op: 'create'; kind: K; value: ObjectInput<K> } }[Kind]

@@ -12,11 +12,11 @@
  * only: a new leader answers the first poll of each node with a complete view) and uses timers
  * for long polls and debouncing; clock readings come from the host.
  *
- * May import src/api/, src/manager/{store,networks}.ts and src/util/errors.ts.
+ * May import src/api/, src/manager/{store,allocation}/ and src/util/errors.ts.
  */
 
-import { MeshError } from '../util/errors.js';
-import { taskAttachments } from './networks.js';
+import { MeshError } from '../../util/errors.js';
+import { taskAttachments } from '../allocation/networks.js';
 import {
   CLUSTER_ID,
   TASK_STATES,
@@ -27,7 +27,7 @@ import {
   type Task,
   type TaskState,
   isPlain,
-} from '../api/objects.js';
+} from '../../api/objects.js';
 import type {
   AssignedTask,
   Assignments,
@@ -41,8 +41,8 @@ import type {
   TaskRecord,
   TaskStatus,
   TaskStatusUpdate,
-} from '../api/services.js';
-import type { Op, Store } from './store.js';
+} from '../../api/services.js';
+import type { Op, Store } from '../store/store.js';
 
 export interface DispatcherHost {
   store: Store;

@@ -6,11 +6,10 @@
  * not store changes), committing what it plans.
  *
  * Holds timers and draws random task ids; the planning itself is in services.ts and
- * orchestrator.ts. May import src/manager/{identity,orchestrator,services,store}.ts and
- * src/util/errors.ts.
+ * orchestrator.ts. May import ./orchestrator.ts, ./services.ts, src/manager/store/, src/util/{errors,ids}.ts.
  */
 
-import { MeshError } from '../util/errors.js';
+import { MeshError } from '../../util/errors.js';
 import { reconcile } from './orchestrator.js';
 import {
   describeService,
@@ -26,8 +25,8 @@ import {
   type ServiceView,
   type TaskRow,
 } from './services.js';
-import type { Op, Store } from './store.js';
-import { newId } from '../util/ids.js';
+import type { Op, Store } from '../store/store.js';
+import { newId } from '../../util/ids.js';
 
 export interface ControllerHost {
   store: Store;

@@ -11,7 +11,7 @@
  */
 
 import ipaddr from 'ipaddr.js';
-import { MeshError } from '../util/errors.js';
+import { MeshError } from '../../util/errors.js';
 
 /** Where subnets come from when a network is created without `--subnet` (DESIGN.md contracts). */
 export const DEFAULT_POOL = '10.0.0.0/8';

@@ -38,11 +38,11 @@ import {
   type Ready,
   type Snapshot,
   type Status,
-} from '../raft/index.js';
-import { DiskStorage } from '../raft/diskstorage.js';
-import type { WalFs } from '../raft/wal.js';
-import { MeshError } from '../util/errors.js';
-import { createLogger } from '../util/log.js';
+} from '../../raft/index.js';
+import { DiskStorage } from '../../raft/diskstorage.js';
+import type { WalFs } from '../../raft/wal.js';
+import { MeshError } from '../../util/errors.js';
+import { createLogger } from '../../util/log.js';
 import { decodeEntry, encodeEntry } from './entry.js';
 
 const log = createLogger('raft');

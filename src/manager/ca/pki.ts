@@ -28,7 +28,7 @@ import { isIP } from 'node:net';
 
 import * as x509 from '@peculiar/x509';
 
-import { MeshError } from '../util/errors.js';
+import { MeshError } from '../../util/errors.js';
 
 x509.cryptoProvider.set(webcrypto);
 

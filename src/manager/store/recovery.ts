@@ -8,14 +8,14 @@
  * the same index and term whose membership is just this node. Uncommitted entries are dropped:
  * they were never acknowledged to anyone.
  *
- * May import src/raft, src/manager, src/util, node built-ins.
+ * May import src/raft, ./store.ts, src/manager/ca/identity.ts (the node's files), src/util, node built-ins.
  */
 import { renameSync } from 'node:fs';
-import { DiskStorage } from '../raft/diskstorage.js';
-import { EntryType, type Ready } from '../raft/index.js';
-import { MeshError } from '../util/errors.js';
-import { createLogger } from '../util/log.js';
-import type { NodeFiles, NodeState } from './identity.js';
+import { DiskStorage } from '../../raft/diskstorage.js';
+import { EntryType, type Ready } from '../../raft/index.js';
+import { MeshError } from '../../util/errors.js';
+import { createLogger } from '../../util/log.js';
+import type { NodeFiles, NodeState } from '../ca/identity.js';
 import { Store } from './store.js';
 
 const log = createLogger('recovery');

@@ -9,11 +9,11 @@
  * addresses in the same ops (one command), guarded by network versions.
  *
  * Pure and deterministic: `now` and task ids come in; no clock, randomness or I/O.
- * May import src/api/, src/manager/{networks,scheduler,services,store}.ts.
+ * May import src/api/, ./scheduler.ts, ./services.ts, src/manager/store/, src/util/errors.ts.
  */
 
-import { MeshError } from '../util/errors.js';
-import type { Json, Node, Service, Task } from '../api/objects.js';
+import { MeshError } from '../../util/errors.js';
+import type { Json, Node, Service, Task } from '../../api/objects.js';
 import {
   addFailure,
   addLoad,
@@ -32,8 +32,8 @@ import {
   taskRecordOf,
   type StoredServiceRecord,
 } from './services.js';
-import type { PortSpec, TaskRecord } from '../api/services.js';
-import type { Op, Store } from './store.js';
+import type { PortSpec, TaskRecord } from '../../api/services.js';
+import type { Op, Store } from '../store/store.js';
 
 /** Ended tasks kept per slot (replicated) or node (global) for `service ps`. */
 export const TASK_HISTORY = 5;

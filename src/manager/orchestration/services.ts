@@ -9,14 +9,14 @@
  * same state cannot both take a published port.
  *
  * Pure: reads the store, never writes it; time comes in as `now`; no randomness, no I/O.
- * May import src/api/, src/manager/{ipam,networks,scheduler,store}.ts, src/util/errors.ts.
+ * May import src/api/, ./scheduler.ts, src/manager/{allocation,store}/, src/util/errors.ts.
  */
 
-import { MeshError } from '../util/errors.js';
-import { allocateAddress, parseCidr } from './ipam.js';
-import { addressesInUse, findNetwork } from './networks.js';
-import type { Json, Network, Node, Service, Task } from '../api/objects.js';
-import { taskStateRank, isPlain } from '../api/objects.js';
+import { MeshError } from '../../util/errors.js';
+import { allocateAddress, parseCidr } from '../allocation/ipam.js';
+import { addressesInUse, findNetwork } from '../allocation/networks.js';
+import type { Json, Network, Node, Service, Task } from '../../api/objects.js';
+import { taskStateRank, isPlain } from '../../api/objects.js';
 import { parseConstraint } from './scheduler.js';
 import type {
   HealthCheck,
@@ -27,8 +27,8 @@ import type {
   ServiceSpec,
   TaskRecord,
   UpdateConfig,
-} from '../api/services.js';
-import type { Op, Store } from './store.js';
+} from '../../api/services.js';
+import type { Op, Store } from '../store/store.js';
 
 /** kv key every service create/update/rollback compare-and-sets (published ports, names). */
 export const SERVICE_ALLOC_KEY = 'mesh/service-alloc';

@@ -19,7 +19,7 @@ import {
   writeSync,
 } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { MeshError } from '../util/errors.js';
+import { MeshError } from '../../util/errors.js';
 
 export type Role = 'manager' | 'worker';
 

@@ -19,7 +19,7 @@ import { X509Certificate } from 'node:crypto';
 import type { AddressInfo, Socket } from 'node:net';
 import * as tls from 'node:tls';
 
-import { encodeAckFrame, FrameDecoder, FrameKind, type Frame } from '../raft/codec.js';
+import { encodeAckFrame, FrameDecoder, FrameKind, type Frame } from '../../raft/codec.js';
 import {
   decodeJson,
   encodeJsonFrame,
@@ -30,11 +30,11 @@ import {
   type RaftInbound,
   type RaftPeer,
   type TlsCredentials,
-} from '../raft/transport.js';
-import { MeshError, errorCode } from '../util/errors.js';
-import { createLogger, type Logger } from '../util/log.js';
+} from '../../raft/transport.js';
+import { MeshError, errorCode } from '../../util/errors.js';
+import { createLogger, type Logger } from '../../util/log.js';
 
-export type { PeerIdentity, TlsCredentials } from '../raft/transport.js';
+export type { PeerIdentity, TlsCredentials } from '../../raft/transport.js';
 
 export type RpcHandler = (params: unknown, peer: PeerIdentity | null) => Promise<unknown>;
 

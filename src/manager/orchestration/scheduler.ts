@@ -9,9 +9,9 @@
  * May import src/api/ and src/util/errors.ts.
  */
 
-import { MeshError } from '../util/errors.js';
-import type { Node } from '../api/objects.js';
-import type { PortSpec } from '../api/services.js';
+import { MeshError } from '../../util/errors.js';
+import type { Node } from '../../api/objects.js';
+import type { PortSpec } from '../../api/services.js';
 
 /**
  * This many failures of a service on a node within FAILURE_WINDOW_MS push the node back for

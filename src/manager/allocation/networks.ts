@@ -12,11 +12,11 @@
  * that network with its version, as planAttach does.
  *
  * Pure: reads the store, never writes it; no clock, no randomness, no I/O.
- * May import src/manager/{ipam,objects,store}.ts and src/util/errors.ts.
+ * May import src/api/objects.ts, ./ipam.ts, src/manager/store/ and src/util/errors.ts.
  */
 
-import { isPlain } from '../api/objects.js';
-import { MeshError } from '../util/errors.js';
+import { isPlain } from '../../api/objects.js';
+import { MeshError } from '../../util/errors.js';
 import {
   allocateAddress,
   allocateSubnet,
@@ -31,8 +31,8 @@ import {
   allocateVni,
   type SubnetOwner,
 } from './ipam.js';
-import type { Json, Network, Subnet, Task } from '../api/objects.js';
-import type { Op, Store } from './store.js';
+import type { Json, Network, Subnet, Task } from '../../api/objects.js';
+import type { Op, Store } from '../store/store.js';
 
 /** kv key whose value (a counter) every network creation compare-and-sets; see the header. */
 export const NETWORK_ALLOC_KEY = 'mesh/network-alloc';
