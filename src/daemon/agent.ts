@@ -77,7 +77,9 @@ export class AgentRole {
     const gossip = this.gossip;
     const vtep = this.cfg.advertiseAddr;
     this.starting ??= (async () => {
-      this.netdb = NetworkDB.attach(gossip.ml);
+      this.netdb = NetworkDB.attach(gossip.ml, {
+        config: { bulkSyncIntervalMs: this.cfg.netdbBulkSyncSec * 1000 },
+      });
       const tables: PeerTables = this.netdb;
       const agent = await Agent.start({
         dataDir: this.cfg.dataDir,

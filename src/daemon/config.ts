@@ -62,6 +62,12 @@ export interface DaemonConfig {
    * @default the nameservers of /etc/resolv.conf (loopback ones skipped)
    */
   dnsUpstreams: string[] | undefined;
+  /**
+   * Seconds between netdb's periodic bulk syncs (per network, all entries with one random
+   * member): the last resort behind member syncs and digests (docs/netdb.md). Tests set it
+   * long so that only the event paths can converge. @default 30 (networkdb's)
+   */
+  netdbBulkSyncSec: number;
 }
 
 export const DEFAULTS: Readonly<DaemonConfig> = Object.freeze({
@@ -81,6 +87,7 @@ export const DEFAULTS: Readonly<DaemonConfig> = Object.freeze({
   lbScheduler: 'rr',
   lbTimeouts: Object.freeze({}),
   dnsUpstreams: undefined,
+  netdbBulkSyncSec: 30,
 });
 
 export const USAGE = `meshd — the Mesh networking daemon (one per node, runs as root)
@@ -109,6 +116,8 @@ Options:
   --dns-upstream IP[:PORT]
                           resolver the tasks' DNS forwards other names to (repeatable;
                           default the nameservers in /etc/resolv.conf)
+  --netdb-bulk-sync SEC   seconds between netdb's periodic bulk syncs, 1..86400 (default 30);
+                          digests repair gaps within seconds, this is the last resort
   --force-new-cluster     quorum lost for good: restart as the only manager, keeping the
                           committed state (join the other managers again afterwards)
   --version               print the version
@@ -158,6 +167,7 @@ export function parseDaemonArgs(
         'lb-timeout-tcpfin': { type: 'string' },
         'lb-timeout-udp': { type: 'string' },
         'dns-upstream': { type: 'string', multiple: true },
+        'netdb-bulk-sync': { type: 'string' },
         version: { type: 'boolean', short: 'v' },
         help: { type: 'boolean', short: 'h' },
       },
@@ -227,6 +237,16 @@ export function parseDaemonArgs(
       }
     }
     cfg.dnsUpstreams = o['dns-upstream'];
+  }
+  const bulk = o['netdb-bulk-sync'];
+  if (bulk !== undefined) {
+    const n = Number(bulk);
+    if (!/^\d+$/.test(bulk) || n < 1 || n > 86_400) {
+      throw new UsageError(
+        `--netdb-bulk-sync ${JSON.stringify(bulk)}: want whole seconds 1..86400 (default 30)`,
+      );
+    }
+    cfg.netdbBulkSyncSec = n;
   }
   const level = o['log-level'] ?? env.MESH_LOG;
   if (level !== undefined) {

@@ -31,14 +31,31 @@ export interface NetdbConfig {
   retransmitMult: number;
   /**
    * Milliseconds between periodic bulk syncs: per network, all entries exchanged with one
-   * random peer over the reliable path; repairs whatever gossip missed. @default 30000
+   * random peer over the reliable path; the last resort behind digests. @default 30000
    */
   bulkSyncIntervalMs: number;
   /**
-   * Milliseconds to wait for the answer to the first bulk sync of a network (on join, or when
-   * its first peer appears) before asking another peer. @default 5000
+   * Milliseconds to wait for the answer to a member's bulk sync (on our join, or when it
+   * joins) before asking it again; also the least time between two digest-triggered syncs
+   * with one member. @default 5000
    */
   bulkSyncTimeoutMs: number;
+  /**
+   * Milliseconds between digests: per network, a count and hash of every entry we hold
+   * (tombstones included) sent to one random member while our gossip queue of it is empty; a
+   * member whose queue is empty too and whose table differs starts a bulk sync with us. Closes
+   * whatever gap gossip left (a lost event, a member we did not know yet) in seconds instead of
+   * at the next periodic bulk sync. Lower: faster repair, more (small) packets. @default 1000
+   */
+  digestIntervalMs: number;
+  /**
+   * Milliseconds a table event for a network we are not in is held (the newest per key),
+   * waiting for our own join: members that joined a moment before us gossip to us before we
+   * are in. Applied on our join; dropped after this long. @default 10000
+   */
+  holdMs: number;
+  /** Most table events held at once (all networks); beyond it they are dropped. @default 1000 */
+  maxHeldEvents: number;
   /**
    * Milliseconds between exchanges of the cluster-wide network membership records with one
    * random member (anti-entropy for network join/leave events). @default 30000
@@ -76,6 +93,9 @@ export const DEFAULT_CONFIG: Readonly<NetdbConfig> = Object.freeze({
   retransmitMult: 4,
   bulkSyncIntervalMs: 30_000,
   bulkSyncTimeoutMs: 5_000,
+  digestIntervalMs: 1_000,
+  holdMs: 10_000,
+  maxHeldEvents: 1_000,
   pushPullIntervalMs: 30_000,
   reapEntryMs: 30 * 60_000,
   reapNetworkMs: 30 * 60_000 + 30_000,
@@ -93,6 +113,9 @@ export function validateConfig(c: NetdbConfig): void {
     'retransmitMult',
     'bulkSyncIntervalMs',
     'bulkSyncTimeoutMs',
+    'digestIntervalMs',
+    'holdMs',
+    'maxHeldEvents',
     'pushPullIntervalMs',
     'reapEntryMs',
     'reapNetworkMs',

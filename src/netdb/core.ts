@@ -16,8 +16,14 @@
  *   reaped after `reapEntryMs` (the residual reap time travels, so all nodes reap together).
  *   Table events are gossiped among the network's peers only (3 per round, each queued event
  *   sent for retransmitMult·ceil(log10(N+1)) rounds, fresh events relayed by receivers);
- *   a bulk sync (all entries both ways, reliable path) runs on join, when the first peer
- *   appears, when a failed peer returns, and every `bulkSyncIntervalMs`.
+ *   a bulk sync (all entries both ways, reliable path) runs with every member of a network
+ *   we have not exchanged with under its current join (all members when we join, a newcomer
+ *   when it joins or when we first hear of it), when a failed peer returns, after a digest
+ *   mismatch, and every `bulkSyncIntervalMs` with one random peer.
+ * - Digests: every `digestIntervalMs` each node sends one random member of each network a
+ *   count and hash of what it holds there; a member with a quiet queue whose table differs
+ *   starts a bulk sync with it. Table events for a network we are not in yet are held for
+ *   `holdMs` and applied on our join.
  * - Failure: a failed node's entries are hidden from readers, restored if it returns, removed
  *   after `reapNodeMs`. A node that left gracefully has its entries turned into tombstones.
  *
@@ -29,7 +35,10 @@
  *   newer than ours (we restarted with a fresh clock) we re-stamp ours above it, and one we do
  *   not hold any more gets a fresh tombstone. The same holds for our network records.
  *   Restarts therefore converge without waiting for tombstones to expire.
- * - An unanswered first bulk sync is retried with another peer.
+ * - An unanswered member sync is retried (bulkSyncTimeoutMs) while the member is in.
+ * - Digests and held events (above): a gap left by a lost event or a lagging view of who is
+ *   in a network closes in about a second, not at the next periodic bulk sync (issue 13,
+ *   docs/netdb.md, "Service create race").
  *
  * May import ./config, ./wire and util/errors. No node:* modules, no Date.now, setTimeout or
  * Math.random.
@@ -105,8 +114,29 @@ export interface NetdbCounters {
   staleDropped: number;
   /** Events identical to what we hold. */
   duplicates: number;
-  /** Table events for networks we are not in. */
+  /**
+   * Messages for a network we are not in, dropped: bulk syncs, and table events that could
+   * not be held (the hold was full).
+   */
   notInNetwork: number;
+  /**
+   * Table events for a network we are not in (yet) held instead of dropped: a peer that
+   * joined a moment before us starts gossiping before our own join (see `holdMs`).
+   */
+  held: number;
+  /** Held events applied when we joined their network. */
+  heldApplied: number;
+  /** Held events dropped unapplied: `holdMs` passed without our join, or the hold was full. */
+  heldExpired: number;
+  /**
+   * Full-table exchanges started with a member of a network we are in because we had not
+   * exchanged with it since it (or we) joined: every member on our join, a newcomer later.
+   */
+  memberSyncs: number;
+  /** Digests received that differed from our table while both sides were quiet. */
+  digestMismatches: number;
+  /** Bulk syncs started because of a digest mismatch (at most one per peer per bulkSyncTimeoutMs). */
+  digestRepairs: number;
   /** Messages that did not decode. */
   badMessages: number;
   /** Our own entries or records re-stamped or re-deleted because a peer held a stale copy. */
@@ -195,10 +225,19 @@ interface LocalNet {
   queue: EventQueue;
   /** Next periodic bulk sync. */
   nextBulk: number;
-  /** A full table has been received from a peer (reply to our bulk sync, or theirs to us). */
-  synced: boolean;
-  /** When the pending first sync is given up and retried (0: none pending). */
-  syncRetryAt: number;
+  /**
+   * Member → the join record (its lamport time; 0 if we had none) under which we last
+   * received its full table, by its request or its reply. A member of the network missing
+   * here, or here under an older join, gets a full exchange (settle): networkdb's joiner syncs
+   * with every node of the network, and an owner that sees a newcomer pushes its entries.
+   */
+  exchanged: Map<string, number>;
+  /** Member → when our unanswered request for its table is retried. */
+  asked: Map<string, number>;
+  /** Next digest of this network to one random member. */
+  nextDigest: number;
+  /** Member → no digest-triggered sync with it before this time. */
+  digestQuiet: Map<string, number>;
   /** Peers that came back from failure: bulk-sync with one of them at `resyncAt`. */
   resyncWith: Set<string>;
   /** 0: no resync pending. Returns are batched (a healed partition brings many at once). */
@@ -263,6 +302,22 @@ export class NetdbCore {
   private statePullDue = true;
   private statePullRetryAt = 0;
   private nextReap = Infinity;
+  /**
+   * netId → (table, key) → the newest table event for a network we are not in, and when it
+   * is dropped; applied on our join (see NetdbConfig.holdMs).
+   */
+  private readonly holds = new Map<string, Map<string, { ev: TableEvent; until: number }>>();
+  private heldCount = 0;
+  /**
+   * Failed nodes whose entries we reaped → when we forget that. Peers reap a little later
+   * than us (each counts reapNodeMs from its own detection): without this, a bulk sync from
+   * one of them would bring the entries back as if their owner were new.
+   */
+  private readonly reapedNodes = new Map<string, number>();
+  /** Who is in which network may have changed since settle() last compared members. */
+  private membersChanged = true;
+  /** Earliest retry of an unanswered member sync (Infinity: none). */
+  private nextAskRetry = Infinity;
   private sends: Send[] = [];
   private events: NetdbEvent[] = [];
   private stopped = false;
@@ -278,6 +333,12 @@ export class NetdbCore {
     staleDropped: 0,
     duplicates: 0,
     notInNetwork: 0,
+    held: 0,
+    heldApplied: 0,
+    heldExpired: 0,
+    memberSyncs: 0,
+    digestMismatches: 0,
+    digestRepairs: 0,
     badMessages: 0,
     ownerCorrections: 0,
     reapedTombstones: 0,
@@ -371,13 +432,25 @@ export class NetdbCore {
       queue: new EventQueue(),
       nextBulk:
         now + this.config.bulkSyncIntervalMs / 2 + this.rand.intn(this.config.bulkSyncIntervalMs),
-      synced: false,
-      syncRetryAt: 0,
+      exchanged: new Map(),
+      asked: new Map(),
+      nextDigest: now + this.rand.intn(this.config.digestIntervalMs),
+      digestQuiet: new Map(),
       resyncWith: new Set(),
       resyncAt: 0,
     });
     this.tables.set(netId, new Map());
     this.queueNetEvent({ node: this.name, netId, ltime, leaving: false, reapMs: 0 });
+    const held = this.holds.get(netId);
+    if (held) {
+      this.holds.delete(netId);
+      this.heldCount -= held.size;
+      for (const { ev } of held.values()) {
+        this.c.heldApplied++;
+        this.applyTable(netId, ev, true);
+      }
+    }
+    this.membersChanged = true;
     this.settle();
   }
 
@@ -456,6 +529,8 @@ export class NetdbCore {
     if (node === this.name) return;
     const prev = this.nodes.get(node);
     this.nodes.set(node, { state: 'alive', reapAt: 0 });
+    this.reapedNodes.delete(node);
+    this.membersChanged = true;
     if (prev?.state === 'failed') {
       // Back (a healed partition, a fast restart): show its entries again, and bulk-sync with
       // it soon for every shared network, since either side may have missed writes.
@@ -545,6 +620,9 @@ export class NetdbCore {
       case Kind.netEvents:
         for (const e of m.events) this.applyNet(e, false);
         break;
+      case Kind.digest:
+        this.onDigest(m);
+        break;
       case Kind.netState:
         this.netClock.witness(m.ltime);
         for (const e of m.events) this.applyNet(e, true);
@@ -567,10 +645,14 @@ export class NetdbCore {
     let d = Math.min(this.nextReap, this.nextPushPull);
     if (this.statePullRetryAt > 0) d = Math.min(d, this.statePullRetryAt);
     if (!this.gossipIdle()) d = Math.min(d, this.nextGossip);
+    d = Math.min(d, this.nextAskRetry);
     for (const n of this.local.values()) {
-      d = Math.min(d, n.nextBulk);
-      if (n.syncRetryAt > 0) d = Math.min(d, n.syncRetryAt);
+      d = Math.min(d, n.nextBulk, n.nextDigest);
       if (n.resyncAt > 0) d = Math.min(d, n.resyncAt);
+    }
+    for (const h of this.holds.values()) {
+      const first = h.values().next().value;
+      if (first) d = Math.min(d, first.until);
     }
     return d;
   }
@@ -588,8 +670,12 @@ export class NetdbCore {
         const p = this.randomPeers(netId, 1)[0];
         if (p !== undefined) this.sendBulk(netId, p, false);
       }
-      if (n.syncRetryAt > 0 && now >= n.syncRetryAt) n.syncRetryAt = 0;
+      if (now >= n.nextDigest) {
+        n.nextDigest = nextTick(n.nextDigest, now, this.config.digestIntervalMs);
+        this.sendDigest(netId, n);
+      }
     }
+    this.expireHolds();
     if (this.statePullRetryAt > 0 && now >= this.statePullRetryAt) {
       this.statePullRetryAt = 0;
       this.statePullDue = true;
@@ -706,31 +792,14 @@ export class NetdbCore {
     const ln = this.local.get(netId);
     const tabs = this.tables.get(netId);
     if (!ln || !tabs) {
-      this.c.notInNetwork++;
+      this.hold(netId, ev);
       return false;
     }
     this.tableClock.witness(ev.ltime);
     if (ev.owner === this.name) return this.ownerCheck(netId, ev);
-    // The owner's membership of the network, as far as this event tells.
-    let nets = this.nodeNets.get(ev.owner);
-    const rec = nets?.get(netId);
-    // Only a later *leave* makes the event stale: a later join may be the owner re-asserting
-    // its membership (see ownerNetCheck), and an entry it no longer holds is corrected by it.
-    if (rec && rec.leaving && rec.ltime >= ev.joinLtime) {
+    if (this.reapedNodes.has(ev.owner) || !this.learnMember(ev.owner, netId, ev.joinLtime)) {
       this.c.staleDropped++;
       return false;
-    }
-    if (this.nodes.get(ev.owner)?.state === 'left') {
-      this.c.staleDropped++;
-      return false;
-    }
-    if (!rec || rec.ltime < ev.joinLtime) {
-      if (!nets) {
-        nets = new Map();
-        this.nodeNets.set(ev.owner, nets);
-      }
-      nets.set(netId, { ltime: ev.joinLtime, leaving: false, reapAt: 0 });
-      this.netClock.witness(ev.joinLtime);
     }
     let t = tabs.get(ev.table);
     if (!t) {
@@ -777,6 +846,73 @@ export class NetdbCore {
       this.queueTable(netId, ev.table, ev.key, e);
     }
     return true;
+  }
+
+  /**
+   * What a message of `node` about network `netId` tells of its membership there: it was in
+   * since its join `joinLtime`. Records a join we had not heard of yet (the join record may
+   * come later, or have been lost). Returns false when we hold a later *leave* of it, or it
+   * left the cluster: the message is stale. Only a later leave makes it stale: a later join
+   * may be the node re-asserting its membership (see ownerNetCheck).
+   */
+  private learnMember(node: string, netId: string, joinLtime: number): boolean {
+    let nets = this.nodeNets.get(node);
+    const rec = nets?.get(netId);
+    if (rec && rec.leaving && rec.ltime >= joinLtime) return false;
+    if (this.nodes.get(node)?.state === 'left') return false;
+    if (!rec || rec.ltime < joinLtime) {
+      if (!nets) {
+        nets = new Map();
+        this.nodeNets.set(node, nets);
+      }
+      nets.set(netId, { ltime: joinLtime, leaving: false, reapAt: 0 });
+      this.netClock.witness(joinLtime);
+      this.membersChanged = true;
+    }
+    return true;
+  }
+
+  /**
+   * A table event for a network we are not in. A member that joined a moment before us gossips
+   * to us as soon as it hears our join record; dropping it would leave the entry missing until
+   * a bulk sync. Keep the newest per key, bounded in time and count.
+   */
+  private hold(netId: string, ev: TableEvent): void {
+    let h = this.holds.get(netId);
+    const k = ev.table + SEP + ev.key;
+    const cur = h?.get(k);
+    if (cur) {
+      if (cur.ev.ltime > ev.ltime || (cur.ev.ltime === ev.ltime && cur.ev.owner >= ev.owner)) {
+        this.c.duplicates++;
+        return;
+      }
+      h?.delete(k);
+      this.heldCount--;
+    }
+    if (this.heldCount >= this.config.maxHeldEvents) {
+      this.c.notInNetwork++;
+      return;
+    }
+    if (!h) {
+      h = new Map();
+      this.holds.set(netId, h);
+    }
+    h.set(k, { ev, until: this.now + this.config.holdMs });
+    this.heldCount++;
+    this.c.held++;
+  }
+
+  /** Drops held events older than holdMs (each network's map is in arrival order). */
+  private expireHolds(): void {
+    for (const [netId, h] of this.holds) {
+      for (const [k, it] of h) {
+        if (it.until > this.now) break;
+        h.delete(k);
+        this.heldCount--;
+        this.c.heldExpired++;
+      }
+      if (h.size === 0) this.holds.delete(netId);
+    }
   }
 
   /**
@@ -843,6 +979,7 @@ export class NetdbCore {
     }
     const reapAt = ev.leaving ? this.now + Math.min(ev.reapMs, this.config.reapNetworkMs) : 0;
     nets.set(ev.netId, { ltime: ev.ltime, leaving: ev.leaving, reapAt });
+    this.membersChanged = true;
     if (ev.leaving) {
       this.scheduleReap(reapAt);
       // The node left the network, not the cluster: its entries there are deleted.
@@ -905,9 +1042,67 @@ export class NetdbCore {
       return;
     }
     for (const e of m.events) this.applyTable(m.netId, e, true);
-    ln.synced = true;
-    ln.syncRetryAt = 0;
+    // After applying: the sender's own entries told us its join, if we had not heard it.
+    ln.exchanged.set(m.from, this.joinOf(m.from, m.netId));
+    ln.asked.delete(m.from);
+    this.membersChanged = true;
     if (!m.reply) this.sendBulk(m.netId, m.from, true);
+  }
+
+  /** The lamport time of a node's current join of a network; 0 if none is known. */
+  private joinOf(node: string, netId: string): number {
+    const r = this.nodeNets.get(node)?.get(netId);
+    return r && !r.leaving ? r.ltime : 0;
+  }
+
+  /**
+   * A member's digest of a network. Both sides quiet (nothing queued) and different tables:
+   * something was missed (a lost event, a member one of us did not know of yet); exchange
+   * full tables with it now rather than at the next periodic bulk sync.
+   */
+  private onDigest(m: Extract<Message, { kind: typeof Kind.digest }>): void {
+    const ln = this.local.get(m.netId);
+    // Not in it (we just left; the sender has not heard yet): a digest asks for nothing.
+    if (!ln) return;
+    if (!this.learnMember(m.from, m.netId, m.joinLtime)) return;
+    if (ln.queue.length > 0) return;
+    const d = this.digestOf(m.netId);
+    if (d.count === m.count && d.hash === m.hash) return;
+    this.c.digestMismatches++;
+    if (this.now < (ln.digestQuiet.get(m.from) ?? 0)) return;
+    ln.digestQuiet.set(m.from, this.now + this.config.bulkSyncTimeoutMs);
+    this.c.digestRepairs++;
+    this.sendBulk(m.netId, m.from, false);
+  }
+
+  /** Count and order-independent hash (sum of per-entry FNV-1a) of everything we hold. */
+  private digestOf(netId: string): { count: number; hash: number } {
+    let count = 0;
+    let hash = 0;
+    for (const [table, t] of this.tables.get(netId) ?? []) {
+      for (const [key, e] of t) {
+        count++;
+        const id = `${table}${SEP}${key}${SEP}${e.owner}${SEP}${e.ltime}${SEP}${e.deleting ? 1 : 0}`;
+        hash = (hash + fnv1a(id)) >>> 0;
+      }
+    }
+    return { count, hash };
+  }
+
+  private sendDigest(netId: string, ln: LocalNet): void {
+    if (ln.queue.length > 0) return;
+    const p = this.randomPeers(netId, 1)[0];
+    if (p === undefined) return;
+    const d = this.digestOf(netId);
+    const payload = encodeMessage({
+      kind: Kind.digest,
+      from: this.name,
+      netId,
+      joinLtime: this.joinOf(this.name, netId),
+      count: d.count,
+      hash: d.hash,
+    });
+    this.sendMsg(p, payload, false);
   }
 
   private tombstone(e: Entry, reapAt: number): void {
@@ -1020,7 +1215,8 @@ export class NetdbCore {
       if (ln.queue.length === 0) continue;
       const peers = this.randomPeers(netId, this.config.gossipNodes);
       if (peers.length === 0) {
-        // Alone in the network: whoever joins later gets everything by bulk sync.
+        // No member known: each one we learn of later gets a full exchange (settle), so
+        // nothing queued here can be missed by it.
         ln.queue.clear();
         continue;
       }
@@ -1066,19 +1262,10 @@ export class NetdbCore {
         const back = [...ln.resyncWith].filter((p) => this.nodes.get(p)?.state === 'alive');
         ln.resyncWith.clear();
         const p = this.pick(back, 1)[0];
-        if (p !== undefined) {
-          this.sendBulk(netId, p, false);
-          continue;
-        }
-      }
-      if (!ln.synced && ln.syncRetryAt === 0) {
-        const p = this.randomPeers(netId, 1)[0];
-        if (p !== undefined) {
-          ln.syncRetryAt = this.now + this.config.bulkSyncTimeoutMs;
-          this.sendBulk(netId, p, false);
-        }
+        if (p !== undefined) this.sendBulk(netId, p, false);
       }
     }
+    if (this.membersChanged || this.now >= this.nextAskRetry) this.syncMembers();
     if (this.statePullDue) {
       const p = this.pick(this.aliveNodes(), 1)[0];
       if (p !== undefined) {
@@ -1086,6 +1273,33 @@ export class NetdbCore {
         this.statePullRetryAt = this.now + this.config.bulkSyncTimeoutMs;
         this.c.stateSyncsSent++;
         this.sendMsg(p, this.netStateMessage(false), true);
+      }
+    }
+  }
+
+  /**
+   * Full exchange with every member of each of our networks we have not exchanged with under
+   * its current join: all of them when we join, a newcomer when it joins (or when we first
+   * hear of it: a join record may arrive after the member's own messages). networkdb's joiner
+   * bulk-syncs with every node of the network; one random peer is not enough, as it may not
+   * have the entries of a third member that joined at the same instant.
+   */
+  private syncMembers(): void {
+    this.membersChanged = false;
+    this.nextAskRetry = Infinity;
+    for (const [netId, ln] of this.local) {
+      const peers = this.peers(netId);
+      for (const p of ln.asked.keys()) if (!peers.includes(p)) ln.asked.delete(p);
+      for (const p of peers) {
+        if (p === this.name || ln.exchanged.get(p) === this.joinOf(p, netId)) continue;
+        let retry = ln.asked.get(p);
+        if (retry === undefined || this.now >= retry) {
+          retry = this.now + this.config.bulkSyncTimeoutMs;
+          ln.asked.set(p, retry);
+          this.c.memberSyncs++;
+          this.sendBulk(netId, p, false);
+        }
+        this.nextAskRetry = Math.min(this.nextAskRetry, retry);
       }
     }
   }
@@ -1140,7 +1354,12 @@ export class NetdbCore {
         gone.add(node);
         this.nodes.delete(node);
         this.nodeNets.delete(node);
+        if (info.state === 'failed') this.reapedNodes.set(node, now + this.config.reapEntryMs);
       } else next = Math.min(next, info.reapAt);
+    }
+    for (const [node, until] of this.reapedNodes) {
+      if (until <= now) this.reapedNodes.delete(node);
+      else next = Math.min(next, until);
     }
     for (const tabs of this.tables.values()) {
       for (const t of tabs.values()) {
@@ -1158,6 +1377,12 @@ export class NetdbCore {
         }
       }
     }
+    for (const ln of this.local.values()) {
+      for (const node of gone) {
+        ln.exchanged.delete(node);
+        ln.digestQuiet.delete(node);
+      }
+    }
     for (const nets of this.nodeNets.values()) {
       for (const [netId, r] of nets) {
         if (!r.leaving) continue;
@@ -1167,6 +1392,16 @@ export class NetdbCore {
     }
     this.nextReap = next;
   }
+}
+
+/** 32-bit FNV-1a of a string's UTF-16 code units (a digest term, not a security hash). */
+function fnv1a(s: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < s.length; i++) {
+    h ^= s.charCodeAt(i);
+    h = Math.imul(h, 0x01000193) >>> 0;
+  }
+  return h;
 }
 
 /** Tombstones compare equal whatever value they keep for the delete event. */

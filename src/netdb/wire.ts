@@ -28,6 +28,11 @@ export const Kind = {
   netEvents: 3,
   /** Every network membership record we know (anti-entropy, reliable path); `reply` marks the answer. */
   netState: 4,
+  /**
+   * Count and hash of every entry the sender holds in one network, and its join time there
+   * (UDP): a member whose table differs asks for a bulk sync.
+   */
+  digest: 5,
 } as const;
 export type Kind = (typeof Kind)[keyof typeof Kind];
 
@@ -90,6 +95,17 @@ export type Message =
       /** The sender's network clock, witnessed by the receiver. */
       ltime: number;
       events: NetEvent[];
+    }
+  | {
+      kind: typeof Kind.digest;
+      from: string;
+      netId: string;
+      /** The sender's join lamport time of the network (it tells its membership). */
+      joinLtime: number;
+      /** Entries held, tombstones included. */
+      count: number;
+      /** Order-independent 32-bit hash of (table, key, owner, ltime, deleting) of each. */
+      hash: number;
     };
 
 const enc = new TextEncoder();
@@ -357,6 +373,12 @@ export function encodeMessage(m: Message): Uint8Array {
       w.varint(m.events.length);
       for (const e of m.events) writeNetEvent(w, e);
       break;
+    case Kind.digest:
+      w.str(m.netId, MAX_NAME_BYTES, 'network id');
+      w.varint(m.joinLtime);
+      w.varint(m.count);
+      w.varint(m.hash);
+      break;
   }
   return w.finish();
 }
@@ -409,6 +431,15 @@ export function decodeMessage(b: Uint8Array): Message {
       const events: NetEvent[] = [];
       for (let i = 0; i < n; i++) events.push(readNetEvent(r));
       m = { kind, from, reply: flags === 1, ltime, events };
+      break;
+    }
+    case Kind.digest: {
+      const netId = r.str(MAX_NAME_BYTES, 'network id');
+      const joinLtime = r.varint('digest join ltime');
+      const count = r.varint('digest count');
+      const hash = r.varint('digest hash');
+      if (hash > 0xffffffff) throw new WireError(`decode netdb digest: hash ${hash} over 32 bits`);
+      m = { kind, from, netId, joinLtime, count, hash };
       break;
     }
     default:

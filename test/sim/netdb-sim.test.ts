@@ -9,404 +9,7 @@
 // node's stale entries are cleaned, and every core's watcher events replay to what it reads.
 // NETDB_SIM_TABLE=1 prints the convergence table of docs/netdb.md.
 import t from 'tap';
-import { NetdbCore, type NetdbEvent } from '../../src/netdb/core.js';
-import type { NetdbConfig } from '../../src/netdb/config.js';
-
-class Rng {
-  private s: number;
-  constructor(seed: number) {
-    this.s = seed >>> 0 || 1;
-  }
-  next(): number {
-    // mulberry32
-    let z = (this.s = (this.s + 0x6d2b79f5) >>> 0);
-    z = Math.imul(z ^ (z >>> 15), z | 1);
-    z ^= z + Math.imul(z ^ (z >>> 7), z | 61);
-    return ((z ^ (z >>> 14)) >>> 0) / 4294967296;
-  }
-  intn(n: number): number {
-    return n > 0 ? Math.floor(this.next() * n) : 0;
-  }
-}
-
-interface Ev {
-  at: number;
-  seq: number;
-  fn: () => void;
-}
-
-class Heap {
-  private a: Ev[] = [];
-  get size(): number {
-    return this.a.length;
-  }
-  push(e: Ev): void {
-    const a = this.a;
-    a.push(e);
-    let i = a.length - 1;
-    while (i > 0) {
-      const p = (i - 1) >> 1;
-      if (less(a[p]!, a[i]!)) break;
-      [a[p], a[i]] = [a[i]!, a[p]!];
-      i = p;
-    }
-  }
-  peek(): Ev | undefined {
-    return this.a[0];
-  }
-  pop(): Ev | undefined {
-    const a = this.a;
-    const top = a[0];
-    const last = a.pop();
-    if (a.length > 0 && last) {
-      a[0] = last;
-      let i = 0;
-      for (;;) {
-        const l = 2 * i + 1;
-        const r = l + 1;
-        let m = i;
-        if (l < a.length && less(a[l]!, a[m]!)) m = l;
-        if (r < a.length && less(a[r]!, a[m]!)) m = r;
-        if (m === i) break;
-        [a[m], a[i]] = [a[i]!, a[m]!];
-        i = m;
-      }
-    }
-    return top;
-  }
-}
-const less = (x: Ev, y: Ev) => x.at < y.at || (x.at === y.at && x.seq < y.seq);
-
-interface Node {
-  name: string;
-  core: NetdbCore;
-  up: boolean;
-  /** Timer token: a wake event whose token differs is stale. */
-  token: number;
-  wakeAt: number;
-  /** Replay of the core's watcher events: net/table/key → value text + owner. */
-  watched: Map<string, string>;
-}
-
-const TABLE = 'endpoints';
-const dec = new TextDecoder();
-const enc = new TextEncoder();
-
-export class Sim {
-  readonly rng: Rng;
-  now = 0;
-  private seq = 0;
-  private readonly q = new Heap();
-  readonly nodes = new Map<string, Node>();
-  /** Group per node while partitioned; nodes in different groups cannot talk. */
-  group = new Map<string, number>();
-  loss = 0;
-  /** Who believes whom failed (observer → set of nodes). */
-  private readonly believedFailed = new Map<string, Set<string>>();
-  /** Ground truth: net → key → {value, owner}. */
-  readonly truth = new Map<string, Map<string, { value: string; owner: string }>>();
-  /** Participants per network (ground truth). */
-  readonly members = new Map<string, Set<string>>();
-  readonly cfg: Partial<NetdbConfig>;
-  udpSent = 0;
-  udpLost = 0;
-
-  constructor(seed: number, n: number, cfg: Partial<NetdbConfig> = {}) {
-    this.rng = new Rng(seed);
-    this.cfg = cfg;
-    for (let i = 0; i < n; i++) this.addNode(`n${i}`);
-    for (const a of this.nodes.values()) {
-      for (const b of this.nodes.values()) if (a !== b) a.core.nodeAlive(0, b.name);
-      this.pump(a);
-    }
-  }
-
-  addNode(name: string): Node {
-    const core = new NetdbCore({
-      name,
-      rand: { intn: (k) => this.rng.intn(k) },
-      now: this.now,
-      config: this.cfg,
-    });
-    const node: Node = { name, core, up: true, token: 0, wakeAt: Infinity, watched: new Map() };
-    this.nodes.set(name, node);
-    this.believedFailed.set(name, new Set());
-    return node;
-  }
-
-  at(time: number, fn: () => void): void {
-    this.q.push({ at: time, seq: this.seq++, fn });
-  }
-
-  run(until: number, check?: () => boolean): boolean {
-    for (let steps = 0; steps < 50_000_000; steps++) {
-      const e = this.q.peek();
-      if (!e || e.at > until) break;
-      this.q.pop();
-      this.now = e.at;
-      e.fn();
-      if (check?.()) return true;
-    }
-    this.now = Math.max(this.now, until);
-    return false;
-  }
-
-  /** Runs until `check` holds (tested every 10 ms of simulated time) or `limit`. */
-  runUntil(limit: number, check: () => boolean): number | null {
-    const start = this.now;
-    for (let t0 = this.now; t0 <= limit; t0 += 10) {
-      this.run(t0);
-      if (check()) return this.now - start;
-    }
-    return null;
-  }
-
-  canTalk(a: string, b: string): boolean {
-    const na = this.nodes.get(a);
-    const nb = this.nodes.get(b);
-    if (!na?.up || !nb?.up) return false;
-    return (this.group.get(a) ?? 0) === (this.group.get(b) ?? 0);
-  }
-
-  pump(n: Node): void {
-    if (!n.up) return;
-    const r = n.core.ready();
-    if (r.events.length > 0) this.dirty.add(n.name);
-    for (const e of r.events) this.watch(n, e);
-    for (const s of r.sends) {
-      const from = n.name;
-      if (!s.reliable) {
-        this.udpSent++;
-        if (this.rng.next() < this.loss) {
-          this.udpLost++;
-          continue;
-        }
-      }
-      const delay = s.reliable ? 1 + this.rng.next() * 4 : 0.5 + this.rng.next() * 2;
-      const payload = s.payload;
-      this.at(this.now + delay, () => {
-        const to = this.nodes.get(s.to);
-        if (!to || !this.canTalk(from, s.to)) return;
-        to.core.receive(this.now, payload);
-        this.pump(to);
-      });
-    }
-    const d = n.core.nextDeadline();
-    if (d < n.wakeAt || n.wakeAt <= this.now) {
-      const token = ++n.token;
-      n.wakeAt = d;
-      if (Number.isFinite(d)) {
-        this.at(Math.max(d, this.now), () => {
-          if (n.token !== token || !n.up) return;
-          n.wakeAt = Infinity;
-          n.core.tick(this.now);
-          this.pump(n);
-        });
-      }
-    }
-  }
-
-  private watch(n: Node, e: NetdbEvent): void {
-    const k = `${e.netId}/${e.table}/${e.key}`;
-    if (e.type === 'delete') n.watched.delete(k);
-    else n.watched.set(k, `${dec.decode(e.value)}@${e.owner}`);
-  }
-
-  // ---- scripted actions ----
-
-  join(name: string, net: string): void {
-    const n = this.nodes.get(name)!;
-    n.core.joinNetwork(this.now, net);
-    let m = this.members.get(net);
-    if (!m) this.members.set(net, (m = new Set()));
-    m.add(name);
-    if (!this.truth.has(net)) this.truth.set(net, new Map());
-    this.touchAll();
-    this.pump(n);
-  }
-
-  leaveNet(name: string, net: string): void {
-    const n = this.nodes.get(name)!;
-    n.core.leaveNetwork(this.now, net);
-    this.members.get(net)?.delete(name);
-    const tr = this.truth.get(net)!;
-    for (const [k, v] of tr) if (v.owner === name) tr.delete(k);
-    this.touchAll();
-    this.pump(n);
-  }
-
-  lastWrite = 0;
-  /** Spread of the detector's "alive again" reports (after a fixed 200 ms). */
-  aliveJitterMs = 800;
-  /** When the failure detector last reported a node alive again. */
-  lastAliveReport = 0;
-
-  write(name: string, net: string, key: string, value: string | null): void {
-    const n = this.nodes.get(name)!;
-    this.lastWrite = this.now;
-    const tr = this.truth.get(net)!;
-    const cur = tr.get(key);
-    if (value === null) n.core.deleteEntry(this.now, TABLE, net, key);
-    else if (cur) n.core.updateEntry(this.now, TABLE, net, key, enc.encode(value));
-    else n.core.createEntry(this.now, TABLE, net, key, enc.encode(value));
-    if (value === null) tr.delete(key);
-    else tr.set(key, { value, owner: name });
-    this.touchAll();
-    this.pump(n);
-  }
-
-  /** The failure detector: tells every live observer that can no longer reach `x`. */
-  private detect(): void {
-    this.touchAll();
-    for (const obs of this.nodes.values()) {
-      if (!obs.up) continue;
-      for (const x of this.nodes.values()) {
-        if (x === obs) continue;
-        const failed = this.believedFailed.get(obs.name)!;
-        const reachable = this.canTalk(obs.name, x.name);
-        if (!reachable && !failed.has(x.name)) {
-          failed.add(x.name);
-          this.at(this.now + 3000 + this.rng.next() * 3000, () => {
-            if (!obs.up || this.canTalk(obs.name, x.name) || !failed.has(x.name)) return;
-            obs.core.nodeFailed(this.now, x.name);
-            this.pump(obs);
-          });
-        } else if (reachable && failed.has(x.name)) {
-          failed.delete(x.name);
-          this.at(this.now + 200 + this.rng.next() * this.aliveJitterMs, () => {
-            if (!obs.up || !this.canTalk(obs.name, x.name)) return;
-            this.lastAliveReport = this.now;
-            obs.core.nodeAlive(this.now, x.name);
-            this.pump(obs);
-          });
-        }
-      }
-    }
-  }
-
-  crash(name: string): void {
-    this.nodes.get(name)!.up = false;
-    this.detect();
-  }
-
-  /** The same core comes back (it was unreachable, e.g. a frozen host): state kept. */
-  revive(name: string): void {
-    const n = this.nodes.get(name)!;
-    n.up = true;
-    n.wakeAt = Infinity;
-    this.pump(n);
-    this.detect();
-  }
-
-  /** A new process under the same name: empty state, fresh clocks. */
-  restartFresh(name: string, nets: string[]): void {
-    const old = this.nodes.get(name)!;
-    old.up = false;
-    old.token++;
-    const n = this.addNode(name);
-    this.touchAll();
-    for (const b of this.nodes.values()) if (b !== n && b.up) n.core.nodeAlive(this.now, b.name);
-    for (const [net, tr] of this.truth) {
-      for (const [k, v] of tr) if (v.owner === name) tr.delete(k);
-      this.members.get(net)?.delete(name);
-    }
-    for (const net of nets) this.join(name, net);
-    this.pump(n);
-    this.detect();
-  }
-
-  partition(groups: string[][]): void {
-    this.group = new Map();
-    groups.forEach((g, i) => g.forEach((n) => this.group.set(n, i)));
-    this.detect();
-  }
-
-  heal(): void {
-    this.group = new Map();
-    this.detect();
-  }
-
-  /** Live entries whose owner is up and reachable from `obs` (what obs should show). */
-  expected(obs: string, net: string): string[] {
-    const out: string[] = [];
-    for (const [k, v] of this.truth.get(net) ?? []) {
-      if (v.owner !== obs && !this.canTalk(obs, v.owner)) continue;
-      out.push(`${k}=${v.value}@${v.owner}`);
-    }
-    return out.sort();
-  }
-
-  shown(obs: string, net: string): string[] {
-    return this.nodes
-      .get(obs)!
-      .core.getEntries(TABLE, net)
-      .map((e) => `${e.key}=${dec.decode(e.value)}@${e.owner}`)
-      .sort();
-  }
-
-  /** Nodes whose view may have changed since their last check (their result is cached). */
-  private readonly dirty = new Set<string>();
-  private readonly nodeOk = new Map<string, boolean>();
-
-  touchAll(): void {
-    for (const n of this.nodes.keys()) this.dirty.add(n);
-  }
-
-  private nodeConverged(n: Node, ignoreFailedOwners: boolean): boolean {
-    for (const [net, m] of this.members) {
-      const got = this.shown(n.name, net);
-      if (!m.has(n.name)) {
-        if (got.length > 0) return false;
-        continue;
-      }
-      const want = ignoreFailedOwners ? this.allTruth(net) : this.expected(n.name, net);
-      if (got.length !== want.length || got.some((g, i) => g !== want[i])) return false;
-    }
-    return true;
-  }
-
-  /** Every live participant shows exactly the expected entries; non-participants show none. */
-  converged(ignoreFailedOwners = false): boolean {
-    if (ignoreFailedOwners) {
-      for (const n of this.nodes.values()) if (n.up && !this.nodeConverged(n, true)) return false;
-      return true;
-    }
-    for (const name of this.dirty) {
-      const n = this.nodes.get(name)!;
-      this.nodeOk.set(name, !n.up || this.nodeConverged(n, false));
-    }
-    this.dirty.clear();
-    for (const ok of this.nodeOk.values()) if (!ok) return false;
-    return true;
-  }
-
-  allTruth(net: string): string[] {
-    return [...(this.truth.get(net) ?? [])].map(([k, v]) => `${k}=${v.value}@${v.owner}`).sort();
-  }
-
-  /** Watcher replay equals reads on every live node. */
-  watchersAgree(): string | null {
-    for (const n of this.nodes.values()) {
-      if (!n.up) continue;
-      const reads = new Map<string, string>();
-      for (const net of n.core.networks()) {
-        for (const e of n.core.getEntries(TABLE, net))
-          reads.set(`${net}/${TABLE}/${e.key}`, `${dec.decode(e.value)}@${e.owner}`);
-      }
-      if (reads.size !== n.watched.size)
-        return `${n.name}: ${reads.size} read, ${n.watched.size} watched`;
-      for (const [k, v] of reads)
-        if (n.watched.get(k) !== v) return `${n.name}: ${k} read ${v}, watched ${n.watched.get(k)}`;
-    }
-    return null;
-  }
-
-  sum(f: (c: ReturnType<NetdbCore['counters']>) => number): number {
-    let s = 0;
-    for (const n of this.nodes.values()) if (n.up) s += f(n.core.counters());
-    return s;
-  }
-}
+import { Sim, joinRace, lossyWrites } from './lib/netdb-sim.js';
 
 /** Writes: every node creates `perNode` entries in each of its networks at random times within 1 s. */
 function writeBurst(sim: Sim, perNode: number, tag: string): void {
@@ -758,5 +361,64 @@ t.test(
       `converged: median ${times[times.length >> 1]} ms, p99 ${times[Math.floor(times.length * 0.99)]} ms, max ${times[times.length - 1]} ms`,
     );
     t.same(slow, [], 'every run converges within 3 s');
+  },
+);
+
+const pct = (xs: number[], q: number) => xs[Math.min(xs.length - 1, Math.floor(xs.length * q))];
+
+// issue 13: on real nodes a service create left one node's entries missing on the others
+// until the periodic bulk sync (the old core fails this: 22 of 1,200 cycles of seeds 1..400
+// never converged). NETDB_SIM_RACE_SEEDS=N runs more seeds.
+t.test(
+  'service create race: joins spread over 1.5 s, writes at join, messages reordered (N = 2..5, loss 0-10 %, no periodic bulk sync)',
+  async (t) => {
+    const seeds = Number(process.env.NETDB_SIM_RACE_SEEDS ?? 1000);
+    const times: number[] = [];
+    const slow: string[] = [];
+    let held = 0;
+    let heldApplied = 0;
+    for (let seed = 1; seed <= seeds; seed++) {
+      const n = 2 + (seed % 4);
+      const loss = (seed % 5) * 0.025;
+      const { times: ts, sim, dumps } = joinRace(seed, n, loss);
+      held += sim.sum((c) => c.held);
+      heldApplied += sim.sum((c) => c.heldApplied);
+      ts.forEach((ms, c) => {
+        if (ms === null || ms > 5_000)
+          slow.push(
+            `seed ${seed} N=${n} loss ${Math.round(loss * 1000) / 10}% cycle ${c}: ${ms} ms`,
+          );
+        if (ms !== null) times.push(ms);
+      });
+      if (dumps.length > 0 && slow.length <= 1) t.comment(`seed ${seed}: ${dumps.join('\n')}`);
+    }
+    times.sort((a, b) => a - b);
+    t.comment(
+      `${seeds} seeds, ${times.length} create cycles: converged ${pct(times, 0.5)} ms p50, ${pct(times, 0.99)} ms p99, ${times[times.length - 1]} ms max after the last write; ${held} events held, ${heldApplied} applied on join`,
+    );
+    t.same(slow.slice(0, 20), [], `every cycle converges within 5 s (${slow.length} did not)`);
+    t.equal(times.length, seeds * 3, 'every cycle measured');
+  },
+);
+
+t.test(
+  'writes at 30 % loss: what gossip lost is repaired by digests within seconds (N = 2..5, no periodic bulk sync)',
+  async (t) => {
+    const times: number[] = [];
+    const slow: string[] = [];
+    let repairs = 0;
+    for (let seed = 1; seed <= 1000; seed++) {
+      const n = 2 + (seed % 4);
+      const { ms, sim } = lossyWrites(seed, n);
+      repairs += sim.sum((c) => c.digestRepairs);
+      if (ms === null || ms > 5_000) slow.push(`seed ${seed} N=${n}: ${ms} ms`);
+      if (ms !== null) times.push(ms);
+    }
+    times.sort((a, b) => a - b);
+    t.comment(
+      `converged ${pct(times, 0.5)} ms p50, ${pct(times, 0.99)} ms p99, ${times[times.length - 1]} ms max; ${repairs} digest repairs`,
+    );
+    t.same(slow, [], 'every run converges within 5 s');
+    t.ok(repairs > 0, 'some runs needed a digest repair (the test exercises them)');
   },
 );

@@ -258,12 +258,88 @@ t.test(
       `largest UDP payload ${Math.max(...udp.map((s) => s.payload.length))} bytes`,
     );
     t.equal(n.view('d', 'net').length, 200, 'all 200 entries reached d');
-    // Quiet now: the next deadline is a bulk sync or push/pull, not the 200 ms gossip grid.
+    t.ok(
+      udp.some((s) => decodeMessage(s.payload).kind === Kind.gossip),
+      'UDP carries gossip',
+    );
+    // Quiet now: no gossip rounds, only one digest per network per second from each node.
     n.run(30_000);
-    const c = n.c('a');
-    t.ok(c.nextDeadline() - n.now > 200, `idle deadline ${c.nextDeadline() - n.now} ms away`);
-    const m = decodeMessage(udp[0]!.payload);
-    t.equal(m.kind, Kind.gossip, 'UDP carries gossip');
+    n.sent.length = 0;
+    const repairs = () => ['a', 'b', 'c', 'd'].map((x) => n.c(x).counters().digestRepairs);
+    const before = repairs();
+    n.run(10_000);
+    const kinds = n.sent.filter((s) => !s.reliable).map((s) => decodeMessage(s.payload).kind);
+    t.ok(
+      kinds.every((k) => k === Kind.digest),
+      'idle: only digests on UDP',
+    );
+    t.ok(kinds.length <= 4 * 11, `idle: ${kinds.length} digests from 4 nodes in 10 s`);
+    t.same(repairs(), before, 'equal tables: no digest repair');
+  },
+);
+
+t.test(
+  'events for a network we are not in yet are held, applied on join, expired after holdMs',
+  async (t) => {
+    const n = new Net(['a', 'b'], { holdMs: 5000, maxHeldEvents: 3 });
+    n.c('a').joinNetwork(n.now, 'net');
+    n.c('a').createEntry(n.now, 't', 'net', 'k1', enc.encode('1'));
+    n.c('a').createEntry(n.now, 't', 'net', 'k1b', enc.encode('1'));
+    // b has not joined: a's gossip reaches it anyway (a gossips to whom it believes is in).
+    const gossip = (key: string) =>
+      encodeMessage({
+        kind: Kind.gossip,
+        from: 'a',
+        netId: 'net',
+        events: [
+          {
+            table: 't',
+            key,
+            owner: 'a',
+            ltime: 1,
+            joinLtime: 1,
+            deleting: false,
+            reapMs: 0,
+            value: enc.encode('1'),
+          },
+        ],
+      });
+    const b = n.c('b');
+    b.receive(n.now, gossip('k1'));
+    b.receive(n.now, gossip('k1'));
+    t.equal(b.counters().held, 1, 'held once (a retransmission is a duplicate)');
+    t.same(n.view('b', 'net'), [], 'not shown while b is outside');
+    b.joinNetwork(n.now, 'net');
+    t.same(n.view('b', 'net'), ['k1=1@a'], 'applied on join, before any sync');
+    t.equal(b.counters().heldApplied, 1, 'counted as applied');
+    b.leaveNetwork(n.now, 'net');
+    for (const k of ['x1', 'x2', 'x3', 'x4']) b.receive(n.now, gossip(k));
+    t.equal(b.counters().notInNetwork, 1, 'beyond maxHeldEvents: dropped and counted');
+    n.run(6000);
+    t.equal(b.counters().heldExpired, 3, 'expired after holdMs');
+  },
+);
+
+t.test(
+  'a joiner exchanges tables with every member; members push theirs to a newcomer they learn of',
+  async (t) => {
+    const n = new Net(['a', 'b', 'c', 'd'], { bulkSyncIntervalMs: 600_000 });
+    // a, b and c each write in a network that nobody else is known to be in yet.
+    n.cut.add('a');
+    n.cut.add('b');
+    n.cut.add('c');
+    for (const x of ['a', 'b', 'c']) {
+      n.c(x).joinNetwork(n.now, 'net');
+      n.c(x).createEntry(n.now, 't', 'net', `${x}1`, enc.encode('1'));
+    }
+    n.run(2000);
+    n.cut.clear();
+    n.c('d').joinNetwork(n.now, 'net');
+    n.run(3000);
+    for (const x of ['a', 'b', 'c', 'd'])
+      t.same(n.view(x, 'net'), ['a1=1@a', 'b1=1@b', 'c1=1@c'], `${x} holds every entry`);
+    const syncs = ['a', 'b', 'c', 'd'].reduce((k, x) => k + n.c(x).counters().memberSyncs, 0);
+    t.ok(syncs >= 3, `by member syncs (${syncs})`);
   },
 );
 

@@ -52,7 +52,16 @@ function message(r: Rng): Message {
       reapMs: leaving ? r.intn(1e6) : 0,
     };
   };
-  switch (r.intn(4)) {
+  switch (r.intn(5)) {
+    case 4:
+      return {
+        kind: Kind.digest,
+        from,
+        netId: `net${r.intn(4)}`,
+        joinLtime: r.intn(1e9),
+        count: r.intn(1e6),
+        hash: r.intn(2 ** 32),
+      };
     case 0:
       return {
         kind: Kind.gossip,
