@@ -98,17 +98,23 @@ export interface LoopResult {
 
 /**
  * A bounded client loop inside host `from`: `rounds` rounds, each one request to port 8080 of
- * every target, then a pause of `paceMs`. Nothing is retried: each request is answered or lost.
+ * every target, then a pause of `paceMs`, for at most `maxMs`. Nothing is retried: each request
+ * is answered or lost.
  */
 export function clientLoop(
   from: TestHost,
   targets: readonly string[],
   rounds: number,
   paceMs: number,
+  /** Also stop after this long (a loop whose requests time out would run for rounds × 2 s). */
+  maxMs = 180_000,
+  /** Also stop once this file exists (the caller's step is over). */
+  stopFile = '/nonexistent',
 ): Promise<LoopResult> {
   const script = [
     'i=0',
-    `while [ $i -lt ${rounds} ]; do`,
+    `end=$(( $(date +%s) + ${Math.ceil(maxMs / 1000)} ))`,
+    `while [ $i -lt ${rounds} ] && [ $(date +%s) -lt $end ] && [ ! -e ${stopFile} ]; do`,
     `  for a in ${targets.join(' ')}; do`,
     '    if out=$(curl -s -m 2 http://$a:8080/) && [ -n "$out" ]; then echo "ok $a $out"; else echo "lost $a $(date +%s%3N)"; fi',
     '  done',
