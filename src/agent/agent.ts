@@ -21,6 +21,7 @@ import { netnsOpen, withNetns } from '../netlink/index.js';
 import { OverlayDriver, type Peer } from '../overlay/index.js';
 import { MeshError } from '../util/errors.js';
 import { createLogger } from '../util/log.js';
+import { planPeerHold, type HoldPlan, type HoldState } from './peer-hold.js';
 import { TaskRuntime, type TaskInfo } from './runtime.js';
 import { newId } from '../util/ids.js';
 
@@ -134,6 +135,12 @@ export interface AgentOptions {
    * there is unreachable from other nodes). @default 5,000 ms
    */
   tablesCheckMs?: number;
+  /**
+   * How long the endpoints of a node that vanished from a network's peer table as a whole stay
+   * programmed (src/agent/peer-hold.ts): past the managers' node-down detection and the load
+   * balancers' update. @default 60,000 ms
+   */
+  peerHoldMs?: number;
 }
 
 /** 10.255.0.0/16: .1 is the bridge; tasks get .2 … .65533 serially. */
@@ -155,7 +162,19 @@ export class Agent {
   private reconciling = false;
   /** Tasks taken out of the peer tables on purpose (stopping); reconcile leaves them out. */
   private readonly withdrawn = new Set<string>();
-  readonly counters = { repairs: 0, reconciles: 0, peerSyncs: 0, peerConflicts: 0 };
+  /** Per network: what was programmed and which nodes' endpoints are held (peer-hold.ts). */
+  private readonly holds = new Map<string, HoldState>();
+  private readonly holdTimers = new Map<string, NodeJS.Timeout>();
+  readonly counters = {
+    repairs: 0,
+    reconciles: 0,
+    peerSyncs: 0,
+    peerConflicts: 0,
+    /** Times a node's endpoints were held after the tables lost them all. */
+    peerHolds: 0,
+    /** Remote endpoints programmed now only because they are held. */
+    peersHeld: 0,
+  };
   private lastReconcile = 0;
 
   private constructor(
@@ -244,6 +263,9 @@ export class Agent {
       const net = this.state.networks[id];
       if (!net) continue;
       await this.overlay.ensureNetwork(net);
+      // What the previous run programmed is held until the (still empty) tables catch up; seeded
+      // before anything is published, since our own writes already trigger a programming.
+      this.holds.set(id, { programmed: this.overlay.peers(net.vni), held: new Map() });
       this.opts.tables.joinNetwork(id);
     }
     for (const t of this.state.tasks) {
@@ -288,7 +310,7 @@ export class Agent {
     if (this.peerSync.has(netId)) return;
     const run = async (): Promise<void> => {
       while (this.peerDirty.delete(netId)) {
-        const peers: Peer[] = [];
+        const fromTables: Peer[] = [];
         for (const e of this.opts.tables.getEntries(PEER_TABLE, netId)) {
           try {
             const v = JSON.parse(Buffer.from(e.value).toString('utf8')) as PeerValue;
@@ -297,16 +319,41 @@ export class Agent {
               typeof v.mac === 'string' &&
               typeof v.vtep === 'string'
             ) {
-              peers.push({ ip: v.ip, mac: v.mac, vtep: v.vtep });
+              if (v.vtep !== this.opts.vtep)
+                fromTables.push({ ip: v.ip, mac: v.mac, vtep: v.vtep });
             }
           } catch {
             log.warn('bad peer entry ignored', { network: netId, key: e.key, owner: e.owner });
           }
         }
+        const plan = planPeerHold(
+          fromTables,
+          this.holds.get(netId) ?? { programmed: [], held: new Map() },
+          Date.now(),
+          this.opts.peerHoldMs ?? 60_000,
+        );
+        this.logHolds(net.name, plan);
         try {
-          const r = await this.overlay.setPeers(net.vni, peers);
+          const r = await this.overlay.setPeers(net.vni, plan.peers);
+          this.holds.set(netId, { programmed: this.overlay.peers(net.vni), held: plan.held });
           this.counters.peerSyncs++;
           this.counters.peerConflicts += r.conflicts.length;
+          this.counters.peersHeld = [...this.holds.values()].reduce(
+            (n, h) => n + [...h.held.values()].reduce((m, x) => m + x.peers.length, 0),
+            0,
+          );
+          clearTimeout(this.holdTimers.get(netId));
+          this.holdTimers.delete(netId);
+          if (plan.nextExpiry !== undefined) {
+            const t = setTimeout(
+              () => {
+                this.holdTimers.delete(netId);
+                this.schedulePeers(netId);
+              },
+              Math.max(10, plan.nextExpiry - Date.now()),
+            );
+            this.holdTimers.set(netId, t);
+          }
         } catch (e) {
           log.warn('programming peers failed; retried at the next change or reconcile', {
             network: net.name,
@@ -317,6 +364,32 @@ export class Agent {
     };
     const p = run().finally(() => this.peerSync.delete(netId));
     this.peerSync.set(netId, p);
+  }
+
+  /** The network is gone from this node: nothing of it is held any more. */
+  private dropHold(netId: string): void {
+    this.holds.delete(netId);
+    clearTimeout(this.holdTimers.get(netId));
+    this.holdTimers.delete(netId);
+  }
+
+  private logHolds(network: string, plan: HoldPlan): void {
+    for (const vtep of plan.newlyHeld) {
+      this.counters.peerHolds++;
+      log.warn('the peer table lost every endpoint of a node; keeping them programmed', {
+        network,
+        vtep,
+        endpoints: plan.held.get(vtep)?.peers.length ?? 0,
+        holdMs: this.opts.peerHoldMs ?? 60_000,
+      });
+    }
+    for (const vtep of plan.released)
+      log.info('the peer table lists the node again; its held endpoints are released', {
+        network,
+        vtep,
+      });
+    for (const vtep of plan.expired)
+      log.warn('held endpoints of a node expired; removed from the kernel', { network, vtep });
   }
 
   private nextGatewayIp(): string {
@@ -527,6 +600,7 @@ export class Agent {
     if (this.countUsers(netId) > 0) return;
     const net = this.state.networks[netId];
     this.opts.tables.leaveNetwork(netId);
+    this.dropHold(netId);
     if (net) await this.overlay.removeNetwork(net.vni).catch(() => undefined);
     // A new user may have arrived during the removal; its record stays.
     if (this.countUsers(netId) === 0) delete this.state.networks[netId];
@@ -595,6 +669,7 @@ export class Agent {
       if (this.countUsers(at.networkId) === 0) {
         const net = this.state.networks[at.networkId];
         this.opts.tables.leaveNetwork(at.networkId);
+        this.dropHold(at.networkId);
         if (net)
           await this.overlay
             .removeNetwork(net.vni)
@@ -738,6 +813,7 @@ export class Agent {
 
   close(): void {
     if (this.timer) clearInterval(this.timer);
+    for (const t of this.holdTimers.values()) clearTimeout(t);
     if (this.tablesTimer) clearInterval(this.tablesTimer);
     this.unwatch();
     this.runtime.close();

@@ -512,15 +512,54 @@ export class Worker {
         failures++;
         if (failures >= h.retries && healthy !== false) {
           healthy = false;
-          this.report(t.id, 'running', {
-            message: 'unhealthy',
-            healthy: false,
-            err: `health check failed ${failures} times in a row`,
-          });
+          const err = `health check failed ${failures} times in a row`;
+          this.report(t.id, 'running', { message: 'unhealthy', healthy: false, err });
+          const loc = this.localOf(t.id);
+          if (!loc.busy && !loc.stopping) {
+            loc.busy = this.failUnhealthy(t, err).finally(() => {
+              loc.busy = undefined;
+              this.kick();
+            });
+          }
         }
       }
     });
     return probe;
+  }
+
+  /**
+   * An unhealthy task fails, as in Swarm: it is stopped and reported `failed`, so the managers
+   * replace it and a rolling update counts it against --update-failure-action (a task left
+   * running unhealthy counted as updated: an update to a broken spec replaced every replica and
+   * the service answered nothing, test/netns/service-update.test.ts). It is stopped only once it
+   * is out of rotation: the report above makes it no active backend in the managers' view, and
+   * every node must have applied that view (as for any stopping task).
+   */
+  private async failUnhealthy(t: AssignedTask, err: string): Promise<void> {
+    const loc = this.localOf(t.id);
+    loc.health?.stop();
+    loc.health = undefined;
+    loc.stopping = true;
+    const deadline = Date.now() + (this.opts.lbWaitMs ?? 5_000) * 2;
+    const inRotation = () =>
+      [...this.services.values()].some((s) =>
+        s.endpoints.some((e) => e.taskId === t.id && e.state === 'active'),
+      );
+    while (inRotation() && Date.now() < deadline && !this.closed) await sleep(100);
+    const version = this.version;
+    if (version !== null) {
+      const timeoutMs = this.opts.lbWaitMs ?? 5_000;
+      await this.opts
+        .rpc('dispatcher.lbWait', { version, timeoutMs }, timeoutMs + 5_000)
+        .catch((e: unknown) => log.debug('lbWait before stopping an unhealthy task', { err: e }));
+    }
+    log.warn('stopping an unhealthy task; the managers replace it', { task: t.name, err });
+    try {
+      await this.opts.agent.stop(t.id, t.template.stopGraceMs);
+    } catch (e) {
+      log.warn('stopping an unhealthy task failed', { task: t.name, err: e });
+    }
+    this.report(t.id, 'failed', { message: 'unhealthy', err: `${err}; stopped` });
   }
 
   // ---- load balancer and DNS ----

@@ -251,9 +251,19 @@ export class ServiceLb {
   private readonly opts: ServiceLbOptions;
   private readonly now: () => number;
   private readonly lbs = new Map<string, LbNs>();
-  /** Stable fwmarks per service key (in memory; a restart may renumber, apply repairs). */
+  /**
+   * Stable fwmarks per service key. A restarted meshd reads them back from the namespaces it
+   * adopts (start()): a renumbered mark would rewrite every rule, and conntrack entries of live
+   * connections carry the old mark as their ct mark.
+   */
   private readonly marks = new Map<string, number>();
   private nextMark = FIRST_MARK;
+  /**
+   * Until the first apply, what a previous meshd left (namespaces, host table) is kept as it is:
+   * it carries the node's traffic while this one starts. The first apply adopts what is still
+   * wanted and removes the rest.
+   */
+  private adopting = true;
   private reservations = new Map<string, Reservation>();
   private hostScript: string | undefined;
   private hostEntries: LbShowEntry[] = [];
@@ -296,10 +306,46 @@ export class ServiceLb {
         `start load balancer: unknown backend ${JSON.stringify(opts.backend)} (auto, ipvs, nftables)`,
       );
     const lb = new ServiceLb(opts, backend);
-    // What a previous run left: its namespaces and its host table (stale DNATs).
-    lb.removeStale(new Set());
-    await lb.dropHostTable();
+    await lb.adoptMarks();
     return lb;
+  }
+
+  /** Our namespaces a previous run left (by prefix). */
+  private leftovers(): string[] {
+    const p = this.opts.netnsPrefix;
+    const re = new RegExp(`^${escapeRe(p)}mesh-lb-\\d+$`);
+    return netnsList().filter((n) => n === `${p}mesh-ingress` || re.test(n));
+  }
+
+  /** Read back the fwmarks a previous run gave each service key in the namespaces it left. */
+  private async adoptMarks(): Promise<void> {
+    for (const name of this.leftovers()) {
+      let ns: Netns;
+      try {
+        ns = netnsOpen(name);
+      } catch {
+        continue; // removed meanwhile: nothing to adopt
+      }
+      try {
+        const backend: LbBackend =
+          this.backendName === 'ipvs'
+            ? new IpvsBackend({ netns: ns, markRules: true })
+            : new NftBackend({ netns: ns });
+        try {
+          for (const s of await backend.read()) {
+            if (s.fwmark < FIRST_MARK || [...this.marks.values()].includes(s.fwmark)) continue;
+            this.marks.set(s.key, s.fwmark);
+            this.nextMark = Math.max(this.nextMark, s.fwmark + 1);
+          }
+        } finally {
+          if (backend instanceof IpvsBackend) backend.close();
+        }
+      } catch {
+        // Unreadable (another backend's, damaged): its services get new marks; apply replaces it.
+      } finally {
+        ns.close();
+      }
+    }
   }
 
   private nsName(net: NetworkInfo): string {
@@ -471,6 +517,11 @@ export class ServiceLb {
       changes += (await lb.backend.apply(w.svcs)).changes;
     }
     changes += await this.applyHost(services, hostTasks);
+    if (this.adopting) {
+      // Everything still wanted is adopted now: what a previous run left beyond it goes.
+      this.removeStale(new Set([...this.lbs.values()].map((l) => l.name)));
+      this.adopting = false;
+    }
     this.lastApply = this.now();
     return { changes };
   }
@@ -583,12 +634,7 @@ export class ServiceLb {
 
   /** Namespaces of ours (by prefix) that are not in `keep`: left by an earlier run. */
   private removeStale(keep: Set<string>): void {
-    const p = this.opts.netnsPrefix;
-    for (const n of netnsList()) {
-      if (keep.has(n)) continue;
-      if (n === `${p}mesh-ingress` || new RegExp(`^${escapeRe(p)}mesh-lb-\\d+$`).test(n))
-        netnsDelete(n, { ifExists: true });
-    }
+    for (const n of this.leftovers()) if (!keep.has(n)) netnsDelete(n, { ifExists: true });
   }
 
   private async applyHost(services: ServiceEntry[], hostTasks: HostTask[]): Promise<number> {
@@ -648,7 +694,8 @@ export class ServiceLb {
       ...ingress.map((p) => `dnat to ${INGRESS_GW}:${p.published}`),
       ...host.map((h) => `dnat to ${h.gatewayIp}:${h.port.target}`),
     ];
-    if (script !== this.hostScript) {
+    // The first apply after a restart also drops a host table a previous run left.
+    if (script !== this.hostScript || (this.adopting && !script)) {
       if (script) await runNft(this.opts.hostNetns, ['-f', '-'], script);
       else await this.dropHostTable();
       this.hostScript = script;
