@@ -8,7 +8,124 @@
  * Waits that poll until something converges may retry with `httpGet` alone; what they send is
  * not part of a verdict.
  */
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { closeSync, fstatSync, openSync, readSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+/**
+ * A task's HTTP server on port 80 answering `<task name> <node name>` (meshd sets both in the
+ * environment; node is there wherever meshd runs).
+ */
+export const NAMING_SERVER = [
+  'node',
+  '-e',
+  "require('http').createServer((q,r)=>r.end(process.env.MESH_TASK_NAME+' '+process.env.MESH_NODE_NAME+'\\n')).listen(80)",
+];
+
+/** How long a client process (HttpClients) waits for an answer before counting it lost. */
+export const CLIENT_DEADLINE_MS = 1_000;
+
+/**
+ * A client process: requests its URLs round robin until killed, each on a new connection, one
+ * deadline for the whole exchange whatever events do or do not come; appends one line per
+ * request to the file named first: start time (ms), URL, the answer's first word or `-`.
+ */
+const CLIENT = `
+const http = require('http');
+const fs = require('fs');
+const [out, gap, ...urls] = process.argv.slice(1);
+let i = 0;
+const once = () => {
+  const url = urls[i++ % urls.length];
+  const start = Date.now();
+  let done = false;
+  const end = (answer) => {
+    if (done) return;
+    done = true;
+    clearTimeout(timer);
+    fs.appendFileSync(out, start + ' ' + url + ' ' + (answer || '-') + '\\n');
+    setTimeout(once, Number(gap));
+  };
+  const timer = setTimeout(() => { req.destroy(); end(''); }, ${CLIENT_DEADLINE_MS});
+  const req = http.get(url, { agent: false }, (res) => {
+    let b = '';
+    res.on('data', (d) => (b += d));
+    res.on('end', () => end(b.trim().split(' ')[0]));
+    res.on('error', () => end(''));
+  });
+  req.on('error', () => end(''));
+};
+once();
+`;
+
+/** One request of a client process: start time, `ip:port` it went to, answer (null: none). */
+export interface ClientLine {
+  at: number;
+  from: string;
+  to: string;
+  answer: string | null;
+}
+
+/**
+ * Client processes that keep requesting while a harness changes the cluster. Their lines go to
+ * files read by `read()`, not to pipes: a harness blocked in meshctl for seconds at a time read
+ * pipe lines tens of seconds late.
+ */
+export class HttpClients {
+  private readonly procs: ChildProcess[] = [];
+  private readonly outputs: { from: string; file: string; offset: number; rest: string }[] = [];
+
+  /** @param dir where the client files go (the caller removes it). */
+  constructor(private readonly dir: string) {}
+
+  /** A client in namespace `ns`, labelled `from`, `gapMs` between requests. */
+  start(from: string, ns: string, urls: string[], gapMs = 0): ChildProcess {
+    const file = join(this.dir, `client-${this.outputs.length}.log`);
+    writeFileSync(file, '');
+    const p = spawn(
+      'ip',
+      ['netns', 'exec', ns, process.execPath, '-e', CLIENT, file, String(gapMs), ...urls],
+      { stdio: 'ignore' },
+    );
+    this.procs.push(p);
+    this.outputs.push({ from, file, offset: 0, rest: '' });
+    return p;
+  }
+
+  /** Every client's requests finished since the last call. */
+  read(): ClientLine[] {
+    const out: ClientLine[] = [];
+    for (const o of this.outputs) {
+      const fd = openSync(o.file, 'r');
+      try {
+        const size = fstatSync(fd).size;
+        if (size <= o.offset) continue;
+        const buf = Buffer.alloc(size - o.offset);
+        readSync(fd, buf, 0, buf.length, o.offset);
+        o.offset = size;
+        const lines = (o.rest + buf.toString('utf8')).split('\n');
+        o.rest = lines.pop() ?? '';
+        for (const l of lines) {
+          const [at, to, answer] = l.split(' ');
+          if (at === undefined || to === undefined) continue;
+          out.push({
+            at: Number(at),
+            from: o.from,
+            to: to.replace(/^http:\/\//, '').replace(/\/$/, ''),
+            answer: answer === '-' ? null : (answer ?? null),
+          });
+        }
+      } finally {
+        closeSync(fd);
+      }
+    }
+    return out;
+  }
+
+  stop(): void {
+    for (const p of this.procs) p.kill('SIGKILL');
+  }
+}
 
 /**
  * One HTTP GET from inside network namespace `ns` on a new connection (curl, as a user would
