@@ -3,15 +3,16 @@
  * worker; nftables backend), a 3-replica HTTP service published on port 8080 whose answers name
  * the task:
  *
- * - scale_serving: R rounds of `meshctl service scale web 6 --detach` then back to 3. A prober
+ * - scale_serving: R rounds of `meshctl service scale web 6 --detach` then back to 3. A client
  *   process in every host requests http://<own address>:8080/ back to back (a new connection
- *   each time, so every request is balanced afresh) and prints the task name of each answer
- *   with its time. For each new replica and each node: the time from the scale command to its
+ *   each time, so every request is balanced afresh; test/lib/requests.ts) and records each
+ *   request's start time and the task that answered, or none; every request of the rounds is
+ *   counted (answered/sent per host, `scale_unanswered`). For each new replica and each node: the time from the scale command to its
  *   first answer there. p50/p99 over (replica, node) pairs of every round. A pair not seen
  *   within --timeout-ms counts as the timeout and is reported.
  * - node_kill_recovery: kill -9 of h3's meshd and every process in its namespaces (its
  *   tasks), t0 at the kill; done when the managers report 3 running replicas off h3 and the
- *   probers on h1 and h2 have each had answers from all 3 of them after t0.
+ *   clients on h1 and h2 have each had answers from all 3 of them after t0.
  *
  * There is no peer to run beside it here (no Swarm on this machine): `"peer":{}`. For scale
  * Swarm documents nothing; its node failure detection alone takes 15 s (dispatcher heartbeat
@@ -20,45 +21,13 @@
  * `npm run bench -- services [--rounds R] [--timeout-ms MS]`. Everything runs in namespaces
  * the bench creates and removes, also when it fails; a run takes 1–3 minutes.
  */
-import { spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { MeshHosts, until } from '../test/lib/meshd.js';
+import { HttpClients, NAMING_SERVER, RequestCount } from '../test/lib/requests.js';
 import { TestNet, killNetnsProcs, type TestHost } from '../test/lib/testnet.js';
-
-const SERVER = [
-  'node',
-  '-e',
-  "require('http').createServer((q,r)=>r.end(process.env.MESH_TASK_NAME+'\\n')).listen(80)",
-];
-
-/** Requests the host's own published port forever (killed by the bench); one line per answer. */
-const PROBER = `
-const http = require('http');
-const url = process.argv[1];
-const once = () => {
-  let done = false;
-  const next = (line, delay) => {
-    if (done) return;
-    done = true;
-    clearTimeout(timer);
-    if (line) process.stdout.write(line);
-    setTimeout(once, delay);
-  };
-  // One deadline for the whole exchange, whatever events do or do not come.
-  const timer = setTimeout(() => { req.destroy(); next('', 0); }, 1000);
-  const req = http.get(url, { agent: false }, (res) => {
-    let b = '';
-    res.on('data', (d) => (b += d));
-    res.on('end', () => next(Date.now() + ' ' + b.trim() + '\\n', 0));
-    res.on('error', () => next('', 20));
-  });
-  req.on('error', () => next('', 20));
-};
-once();
-`;
 
 function arg(args: string[], name: string, def: number): number {
   const i = args.indexOf(name);
@@ -88,7 +57,7 @@ export async function main(args: string[]): Promise<void> {
   const net = TestNet.create({ hosts: 3 });
   const dir = mkdtempSync(join(tmpdir(), 'bench-svc-'));
   const mh = new MeshHosts(dir);
-  const probers: ChildProcess[] = [];
+  const clients = new HttpClients(dir);
   try {
     const [h1, h2, h3] = net.hosts as [TestHost, TestHost, TestHost];
     const extra = ['--lb-backend', 'nftables', '--dns-upstream', '198.18.0.254'];
@@ -113,7 +82,7 @@ export async function main(args: string[]): Promise<void> {
       '-p',
       '8080:80',
       '--',
-      ...SERVER,
+      ...NAMING_SERVER,
     );
     const ps = (): TaskRow[] =>
       JSON.parse(mh.ok(h1, 'service', 'ps', 'web', '--json')) as TaskRow[];
@@ -130,24 +99,27 @@ export async function main(args: string[]): Promise<void> {
     const firstSeen = new Map<string, number>();
     const lines = new Map<number, number>();
     let since = 0;
-    for (const h of net.hosts) {
-      const p = h.spawn(process.execPath, ['-e', PROBER, `http://${h.addr}:8080/`], {
-        stdio: ['ignore', 'pipe', 'ignore'],
-      });
-      probers.push(p);
-      createInterface({ input: p.stdout! }).on('line', (l) => {
-        const [ts, name] = l.split(' ');
-        if (!name) return;
-        const k = `${name}@${h.index}`;
-        // Lines still in the pipe from before a measurement began must not count as firsts.
-        if (Number(ts) < since) return;
-        if (!firstSeen.has(k)) firstSeen.set(k, Number(ts));
-        lines.set(h.index, (lines.get(h.index) ?? 0) + 1);
-      });
-    }
-    await until('probers answered on every host', () =>
-      net.hosts.every((h) => [...firstSeen.keys()].some((k) => k.endsWith(`@${h.index}`))),
-    );
+    // Every request of the scale rounds counted (the node kill loses some until it is found).
+    const count = new RequestCount();
+    let counting = false;
+    for (const h of net.hosts) clients.start(`h${h.index}`, h.name, [`http://${h.addr}:8080/`]);
+    const poll = (): void => {
+      for (const l of clients.read()) {
+        if (counting) count.record(l.from, l.to, l.answer);
+        if (l.answer === null) continue;
+        const hi = Number(l.from.slice(1));
+        const k = `${l.answer}@${hi}`;
+        // Requests sent before a measurement began must not count as firsts.
+        if (l.at < since) continue;
+        if (!firstSeen.has(k)) firstSeen.set(k, l.at);
+        lines.set(hi, (lines.get(hi) ?? 0) + 1);
+      }
+    };
+    await until('clients answered on every host', () => {
+      poll();
+      return net.hosts.every((h) => [...firstSeen.keys()].some((k) => k.endsWith(`@${h.index}`)));
+    });
+    counting = true;
 
     const samples: number[] = [];
     let timeouts = 0;
@@ -168,9 +140,13 @@ export async function main(args: string[]): Promise<void> {
       const deadline = t0 + timeoutMs;
       await until(
         'new replicas answering on every node',
-        () =>
-          fresh.every((t) => net.hosts.every((h) => firstSeen.has(`${t.name}@${h.index}`))) ||
-          Date.now() > deadline,
+        () => {
+          poll();
+          return (
+            fresh.every((t) => net.hosts.every((h) => firstSeen.has(`${t.name}@${h.index}`))) ||
+            Date.now() > deadline
+          );
+        },
         timeoutMs + 1_000,
       );
       for (const t of fresh) {
@@ -187,6 +163,9 @@ export async function main(args: string[]): Promise<void> {
       mh.ok(h1, 'service', 'scale', 'web', '3', '--detach');
       await until('back to 3', () => running().length === 3, timeoutMs);
     }
+    poll();
+    counting = false;
+    for (const l of count.lines()) process.stderr.write(`scale rounds: ${l}\n`);
 
     // Node kill.
     firstSeen.clear();
@@ -201,6 +180,7 @@ export async function main(args: string[]): Promise<void> {
     await until(
       'full replica count answering after the kill',
       () => {
+        poll();
         const run = running().filter((t) => t.node !== 'h3');
         if (run.length !== 3) return false;
         const ok = [h1, h2].every((h) =>
@@ -223,7 +203,7 @@ export async function main(args: string[]): Promise<void> {
           .join(' ')}\n  answered since the kill: ${[...firstSeen]
           .filter(([, at]) => at >= killed)
           .map(([k]) => k)
-          .join(' ')}\n  answers per prober: ${JSON.stringify([...lines])}\n`,
+          .join(' ')}\n  answers per client: ${JSON.stringify([...lines])}\n`,
       );
       process.stderr.write(mh.ctl(h1, 'lb', 'show', '--service', 'web').stdout);
       process.stderr.write(mh.ctl(h1, 'service', 'ps', 'web').stdout);
@@ -241,12 +221,14 @@ export async function main(args: string[]): Promise<void> {
           node_kill_recovery_ms: Math.round(recovery),
           scale_pairs: samples.length,
           scale_timeouts: timeouts,
+          scale_requests: count.sent,
+          scale_unanswered: count.lost,
         },
         peer: {},
       }) + '\n',
     );
   } finally {
-    for (const p of probers) p.kill('SIGKILL');
+    clients.stop();
     mh.killAll();
     net.destroy();
     rmSync(dir, { recursive: true, force: true });

@@ -2,10 +2,11 @@
  * The README's first command: a Mesh cluster on three namespaced hosts, end to end with real
  * meshd processes. Hosts on an underlay bridge (198.18.0.0/24); `cluster init` on the first,
  * the others join as managers with a token; an overlay network; a 6-replica HTTP service whose
- * answers name the task and node, published on port 8080; port 8080 requested on every host and
- * answered by tasks on all hosts (the routing mesh); `meshctl lb show`; host h3 killed (its
- * meshd and tasks, kill -9) and the service answering again at 6 replicas from h1 and h2;
- * everything removed.
+ * answers name the task and node, published on port 8080; port 8080 requested from every host
+ * on every host and answered by tasks on all hosts (the routing mesh); `meshctl lb show`; host
+ * h3 killed (its meshd and tasks, kill -9) and the service answering again at 6 replicas from h1
+ * and h2; everything removed. Every request of a verdict is counted (answered/sent per pair):
+ * one unanswered request and the demo says FAILED and exits 1.
  */
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -13,6 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { netnsList } from '../src/netlink/index.js';
 import { MeshHosts, until } from '../test/lib/meshd.js';
+import { RequestCount, httpGet, type Client } from '../test/lib/requests.js';
 import { TestNet, killNetnsProcs, type TestHost } from '../test/lib/testnet.js';
 
 const say = (s: string): boolean => process.stdout.write(`${s}\n`);
@@ -30,25 +32,32 @@ async function main(): Promise<number> {
     say(`$ meshctl ${args.join(' ')}    # on h${h.index}`);
     process.stdout.write(ctl(h, ...args));
   };
-  const get = (ns: string, url: string): string =>
-    spawnSync(
-      'ip',
-      [
-        'netns',
-        'exec',
-        ns,
-        process.execPath,
-        '-e',
-        `fetch(${JSON.stringify(url)},{signal:AbortSignal.timeout(1500)}).then(r=>r.text()).then(t=>process.stdout.write(t),()=>process.exit(1))`,
-      ],
-      { encoding: 'utf8', timeout: 5000 },
-    ).stdout.trim();
+  // Every request of a verdict is counted per (from host, to address); the answers name the
+  // node whose task answered.
+  const count = new RequestCount((body) => body.replace(/.* on node /, ''));
+  const client = (h: TestHost): Client => ({ label: `h${h.index}`, ns: h.name });
+  /**
+   * 12 requests (new connections) from each of `froms` to port 8080 of each of `tos`: one line
+   * per pair with answered/sent, then the nodes whose tasks answered.
+   */
+  const showAnswers = (froms: TestHost[], tos: TestHost[]): void => {
+    const r = count.round(
+      froms.map(client),
+      tos.map((h) => `${h.addr}:8080`),
+      12,
+    );
+    for (const l of r.lines()) say(`   ${l}`);
+    say(`== answers came from tasks on ${[...r.answersTo().keys()].sort().join(', ')}`);
+  };
+  /** Port 8080 of every one of `tos` answers from h1 (a wait: retried, not a verdict). */
+  const answering = (tos: TestHost[]) =>
+    tos.every((h) => httpGet(h1.name, `http://${h.addr}:8080/`, 1500) !== null);
+  const [h1, h2, h3] = net.hosts as [TestHost, TestHost, TestHost];
   try {
     say(
       `== 3 hosts on an underlay bridge: ${net.hosts.map((h) => `${h.name} ${h.addr}`).join(', ')}`,
     );
     for (const h of net.hosts) mh.start(h);
-    const [h1, h2, h3] = net.hosts as [TestHost, TestHost, TestHost];
     await until('meshd to start', () => mh.ready(net.hosts));
     say('\n== a cluster: init on h1, h2 and h3 join as managers with a token');
     show(h1, 'cluster', 'init');
@@ -78,33 +87,11 @@ async function main(): Promise<number> {
     );
     show(h1, 'service', 'ps', 'web');
 
-    /** `n` requests (new connections) from h1 to port 8080 of host `h`; answers counted. */
-    const request = (h: TestHost, n: number): Map<string, number> => {
-      const seen = new Map<string, number>();
-      for (let i = 0; i < n; i++) {
-        const body = get(h1.name, `http://${h.addr}:8080/`);
-        if (body) seen.set(body, (seen.get(body) ?? 0) + 1);
-      }
-      return seen;
-    };
-    const showAnswers = (hosts: TestHost[], n: number): Set<string> => {
-      const nodes = new Set<string>();
-      for (const h of hosts) {
-        const seen = request(h, n);
-        say(`-- ${n} requests to http://${h.addr}:8080 (h${h.index}):`);
-        for (const [body, count] of [...seen].sort()) {
-          say(`   ${count} x ${body}`);
-          nodes.add(body.replace(/.* on node /, ''));
-        }
-      }
-      return nodes;
-    };
-    say('\n== port 8080 on every host answers, from tasks on every host (the routing mesh)');
-    await until('port 8080 answering on every host', () =>
-      net.hosts.every((h) => request(h, 1).size > 0),
+    say(
+      '\n== port 8080 on every host answers requests from every host, from tasks on every host (the routing mesh)',
     );
-    const nodes = showAnswers(net.hosts, 12);
-    say(`== answers came from tasks on ${[...nodes].sort().join(', ')}`);
+    await until('port 8080 answering on every host', () => answering(net.hosts));
+    showAnswers(net.hosts, net.hosts);
 
     say('\n== the load balancer on h1, as meshctl lb show explains it');
     show(h1, 'lb', 'show', '--service', 'web');
@@ -132,8 +119,22 @@ async function main(): Promise<number> {
       `== 6 replicas running again ${((Date.now() - killedAt) / 1000).toFixed(1)} s after the kill`,
     );
     show(h1, 'service', 'ps', 'web');
-    const after = showAnswers([h1, h2], 12);
-    say(`== answers came from tasks on ${[...after].sort().join(', ')}`);
+    // The survivors' load balancers drop h3's tasks once it is found dead (a wait, retried).
+    await until('every request answered on h1 and h2', () => {
+      for (let i = 0; i < 6; i++) if (!answering([h1, h2])) return false;
+      return true;
+    });
+    showAnswers([h1, h2], [h1, h2]);
+    if (count.lost > 0) {
+      say(
+        `\n== FAILED: ${count.lost} of ${count.sent} requests went unanswered (${count
+          .failed()
+          .map((p) => `${p.from} → ${p.to}`)
+          .join(', ')})`,
+      );
+      return 1;
+    }
+    say(`\n== ${count.answered}/${count.sent} requests answered`);
     return 0;
   } finally {
     mh.killAll();

@@ -737,6 +737,28 @@ export class ClusterRole {
       await this.requireManager('service rm').services.remove(id);
       return { removed: id };
     });
+    // The CLI's wait after create/scale/update/rollback: once every replica runs, every node's
+    // load balancer must have applied the view holding the service's latest task change (the
+    // dispatcher's lbWait, asked of the leader with this node's identity, as agents do).
+    api.route('POST', '/v1/service/served', async ({ body: b }) => {
+      const o = body(b);
+      const timeoutMs = typeof o.timeoutMs === 'number' ? o.timeoutMs : 30_000;
+      if (!Number.isFinite(timeoutMs) || timeoutMs < 0) {
+        throw new UsageError('service served: timeoutMs must be a number of ms ≥ 0');
+      }
+      const m = this.requireManager('service served');
+      const svc = await m.services.inspect(text(o.id));
+      let version = 0;
+      for (const t of m.store.list('task', (t) => t.serviceId === svc.id)) {
+        version = Math.max(version, t.version);
+      }
+      const r = (await this.managerRpc(
+        'dispatcher.lbWait',
+        { version, timeoutMs },
+        timeoutMs + 5_000,
+      )) as { waitedMs: number; pending: string[] };
+      return { version, waitedMs: r.waitedMs, pending: r.pending };
+    });
     api.route('GET', '/v1/service/tasks', ({ query }) => {
       const id = query.get('id');
       return this.requireManager('service ps').services.tasks(id ?? undefined);

@@ -9,6 +9,11 @@
  * it is found dead no request is lost on the survivors, and the service answers again at full
  * replica count from them; `service rm` removes every task. `check` hooks add backend-specific
  * checks at steady points.
+ *
+ * Every verdict after convergence counts its requests (answered/sent per (from host, to address)
+ * pair, test/lib/requests.ts) and fails on one unanswered; waits that poll for convergence may
+ * retry. `service scale` returns only once every node's load balancer serves the new tasks:
+ * right after it returns, every node's published port reaches every new replica, none lost.
  */
 import type { Test } from 'tap';
 import { spawnSync } from 'node:child_process';
@@ -17,6 +22,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { killNetnsProcs, testnet, type TestHost } from './testnet.js';
 import { MeshHosts, until as untilPlain } from './meshd.js';
+import { RequestCount, httpGet, type Client } from './requests.js';
 import type { LbShow } from '../../src/lb/mesh.js';
 import { netnsList } from '../../src/netlink/index.js';
 
@@ -63,6 +69,70 @@ export interface ScenarioOptions {
   noneLostMs?: number;
 }
 
+/**
+ * What every live node holds, one line per load-balancer entry (backends with task, address and
+ * state) and per overlay network (peers), the kernel's neighbour and FDB state, and the last
+ * warnings of each meshd of `all`: printed when a wait times out or a request is lost, so a
+ * failed run (CI's included) says where a request could not go.
+ */
+export function meshDiag(mh: MeshHosts, live: TestHost[], all: TestHost[]): string[] {
+  const out: string[] = [];
+  for (const h of live) {
+    const lb = mh.ctl(h, 'lb', 'show', '--json');
+    if (lb.status !== 0) out.push(`h${h.index} lb show failed: ${lb.stderr.trim()}`);
+    else {
+      for (const e of (JSON.parse(lb.stdout) as LbShow).entries) {
+        const be = e.backends.map((b) => `${b.task ?? '?'}@${b.address}:${b.state}`).join(' ');
+        out.push(
+          `h${h.index} lb ${e.kind} ${e.network ?? ''} ${e.namespace} ${e.vip ?? ''}:${e.port}${e.programmed ? '' : ' NOT PROGRAMMED'} -> ${be}`,
+        );
+      }
+    }
+    const ov = mh.ctl(h, 'debug', 'overlay', '--json');
+    if (ov.status !== 0) out.push(`h${h.index} debug overlay failed: ${ov.stderr.trim()}`);
+    else {
+      const st = JSON.parse(ov.stdout) as {
+        agent?: { networks?: { name: string; peers?: { ip: string; vtep: string }[] }[] };
+        worker?: { version?: unknown; lbApplied?: unknown; lastError?: unknown };
+      };
+      const w = st.worker;
+      out.push(
+        `h${h.index} worker version ${JSON.stringify(w?.version)} lbApplied ${JSON.stringify(w?.lbApplied)} lastError ${JSON.stringify(w?.lastError ?? null)}`,
+      );
+      for (const n of st.agent?.networks ?? [])
+        out.push(
+          `h${h.index} overlay ${n.name} peers: ${(n.peers ?? []).map((p) => `${p.ip}@${p.vtep}`).join(' ')}`,
+        );
+    }
+  }
+  // The kernel's side: neighbour states the load-balancer namespaces resolved (a FAILED or
+  // INCOMPLETE backend is one the data path cannot reach), and how many permanent ARP and
+  // FDB entries each overlay namespace holds (against the peers meshd believes it programmed).
+  const sh = (ns: string, cmd: string[]) =>
+    spawnSync('ip', ['netns', 'exec', ns, ...cmd], { encoding: 'utf8', timeout: 5_000 }).stdout ??
+    '';
+  const nsList = netnsList();
+  for (const h of live) {
+    for (const ns of nsList.filter((n) => n.startsWith(mh.prefix(h)))) {
+      if (/mesh-(ingress|lb-)/.test(ns)) {
+        const neigh = sh(ns, ['ip', '-4', 'neigh', 'show'])
+          .split('\n')
+          .filter((l) => l.trim() !== '')
+          .map((l) => l.replace(/ lladdr \S+/, '').trim());
+        out.push(`h${h.index} ${ns} neigh: ${neigh.join(' | ') || '(none)'}`);
+      } else if (/mesh-ov-/.test(ns)) {
+        const arp = sh(ns, ['ip', '-4', 'neigh', 'show', 'nud', 'permanent']).split('\n');
+        const fdb = sh(ns, ['bridge', 'fdb', 'show']).split('\n');
+        out.push(
+          `h${h.index} ${ns}: ${arp.filter((l) => l.trim()).length} permanent ARP, ${fdb.filter((l) => / dst /.test(l)).length} FDB entries with a VTEP`,
+        );
+      }
+    }
+  }
+  for (const h of all) for (const w of mh.warnings(h)) out.push(`h${h.index} log: ${w}`);
+  return out;
+}
+
 export async function servicesScenario(t: Test, opts: ScenarioOptions): Promise<void> {
   const net = testnet(t, { hosts: 3 });
   const dir = mkdtempSync(join(tmpdir(), 'meshd-svc-'));
@@ -76,70 +146,10 @@ export async function servicesScenario(t: Test, opts: ScenarioOptions): Promise<
   let live = net.hosts;
   /** The last sample() of the published port, for explain(). */
   let lastSample = '';
-  /**
-   * What every live node holds for the service, one line per load-balancer entry (backends with
-   * task, address and state) and per overlay network (peers), and each meshd's last warnings:
-   * printed when a wait times out, so a failed run (CI's included) says where a request could
-   * not go.
-   */
-  const diag = (): string[] => {
-    const out: string[] = [];
-    for (const h of live) {
-      const lb = mh.ctl(h, 'lb', 'show', '--json');
-      if (lb.status !== 0) out.push(`h${h.index} lb show failed: ${lb.stderr.trim()}`);
-      else {
-        for (const e of (JSON.parse(lb.stdout) as LbShow).entries) {
-          const be = e.backends.map((b) => `${b.task ?? '?'}@${b.address}:${b.state}`).join(' ');
-          out.push(
-            `h${h.index} lb ${e.kind} ${e.network ?? ''} ${e.namespace} ${e.vip ?? ''}:${e.port}${e.programmed ? '' : ' NOT PROGRAMMED'} -> ${be}`,
-          );
-        }
-      }
-      const ov = mh.ctl(h, 'debug', 'overlay', '--json');
-      if (ov.status !== 0) out.push(`h${h.index} debug overlay failed: ${ov.stderr.trim()}`);
-      else {
-        const st = JSON.parse(ov.stdout) as {
-          agent?: { networks?: { name: string; peers?: { ip: string; vtep: string }[] }[] };
-          worker?: { version?: unknown; lbApplied?: unknown; lastError?: unknown };
-        };
-        const w = st.worker;
-        out.push(
-          `h${h.index} worker version ${JSON.stringify(w?.version)} lbApplied ${JSON.stringify(w?.lbApplied)} lastError ${JSON.stringify(w?.lastError ?? null)}`,
-        );
-        for (const n of st.agent?.networks ?? [])
-          out.push(
-            `h${h.index} overlay ${n.name} peers: ${(n.peers ?? []).map((p) => `${p.ip}@${p.vtep}`).join(' ')}`,
-          );
-      }
-    }
-    // The kernel's side: neighbour states the load-balancer namespaces resolved (a FAILED or
-    // INCOMPLETE backend is one the data path cannot reach), and how many permanent ARP and
-    // FDB entries each overlay namespace holds (against the peers meshd believes it programmed).
-    const sh = (ns: string, cmd: string[]) =>
-      spawnSync('ip', ['netns', 'exec', ns, ...cmd], { encoding: 'utf8', timeout: 5_000 }).stdout ??
-      '';
-    const nsList = netnsList();
-    for (const h of live) {
-      for (const ns of nsList.filter((n) => n.startsWith(mh.prefix(h)))) {
-        if (/mesh-(ingress|lb-)/.test(ns)) {
-          const neigh = sh(ns, ['ip', '-4', 'neigh', 'show'])
-            .split('\n')
-            .filter((l) => l.trim() !== '')
-            .map((l) => l.replace(/ lladdr \S+/, '').trim());
-          out.push(`h${h.index} ${ns} neigh: ${neigh.join(' | ') || '(none)'}`);
-        } else if (/mesh-ov-/.test(ns)) {
-          const arp = sh(ns, ['ip', '-4', 'neigh', 'show', 'nud', 'permanent']).split('\n');
-          const fdb = sh(ns, ['bridge', 'fdb', 'show']).split('\n');
-          out.push(
-            `h${h.index} ${ns}: ${arp.filter((l) => l.trim()).length} permanent ARP, ${fdb.filter((l) => / dst /.test(l)).length} FDB entries with a VTEP`,
-          );
-        }
-      }
-    }
-    if (lastSample) out.push(`last sample: ${lastSample}`);
-    for (const h of net.hosts) for (const w of mh.warnings(h)) out.push(`h${h.index} log: ${w}`);
-    return out;
-  };
+  const diag = (): string[] => [
+    ...meshDiag(mh, live, net.hosts),
+    ...(lastSample ? [`last sample: ${lastSample}`] : []),
+  ];
   /** Print the service's tasks, the nodes and diag() as comments of the running test. */
   const explain = (): void => {
     const lines: string[] = [];
@@ -228,12 +238,23 @@ export async function servicesScenario(t: Test, opts: ScenarioOptions): Promise<
   const ps = (): TaskRow[] => JSON.parse(ok(h1, 'service', 'ps', 'web', '--json')) as TaskRow[];
   const running = () => ps().filter((r) => r.desired === 'running' && r.state === 'running');
   /** One HTTP request from inside host `from` (its own namespace) to `ip:port`. */
-  const get = (from: string, url: string): string | null => {
-    const r = spawnSync('ip', ['netns', 'exec', from, 'curl', '-s', '-m', '2', url], {
-      encoding: 'utf8',
-      timeout: 5_000,
-    });
-    return r.status === 0 ? r.stdout.trim() : null;
+  const get = (from: string, url: string): string | null => httpGet(from, url);
+  // Verdicts: every request counted, answers by task name.
+  const count = new RequestCount((body) => body.split(' ')[0]!);
+  const client = (h: TestHost): Client => ({ label: `h${h.index}`, ns: h.name });
+  const port = (h: TestHost) => `${h.addr}:8080`;
+  /**
+   * After convergence: `n` requests from every one of `froms` to port 8080 of every one of
+   * `tos`, each counted; fails (with the per-pair lines and diagnostics) on one unanswered.
+   * Returns this round's count.
+   */
+  const verdict = (what: string, froms: TestHost[], tos: TestHost[], n: number) => {
+    const r = count.round(froms.map(client), tos.map(port), n);
+    if (!t.equal(r.lost, 0, `${what}: ${r.answered}/${r.sent} requests answered`)) {
+      for (const l of r.lines()) t.comment(l);
+      explain();
+    }
+    return r;
   };
   /**
    * `n` requests to port 8080 of host `h`, sent from host `from` (h1 by default): the task
@@ -306,7 +327,17 @@ export async function servicesScenario(t: Test, opts: ScenarioOptions): Promise<
         throw e;
       },
     );
-    t.equal(seen.size, 3, `port 8080 on h${h.index} reaches all 3 replicas`);
+    t.equal(seen.size, 3, `port 8080 on h${h.index} reaches all 3 replicas (a wait)`);
+  }
+  {
+    const r = verdict('after the first spread', net.hosts, net.hosts, 6);
+    for (const h of net.hosts) {
+      t.equal(
+        r.answersTo(port(h)).size,
+        3,
+        `port 8080 on h${h.index} reaches all 3 replicas from every host`,
+      );
+    }
   }
   // And on each node's loopback, from the node itself.
   for (const h of net.hosts) {
@@ -353,12 +384,9 @@ export async function servicesScenario(t: Test, opts: ScenarioOptions): Promise<
     },
   ).stdout;
   t.match(nx, /status: (NXDOMAIN|SERVFAIL)/, 'an unknown name is not answered with an address');
-  const viaVip = new Set<string>();
-  for (let i = 0; i < 12; i++) {
-    const a = get(ns0, `http://${vip}/`);
-    if (a) viaVip.add(a.split(' ')[0]!);
-  }
-  t.equal(viaVip.size, 3, 'the VIP balances over all 3 tasks from inside a task');
+  const viaVip = count.round([{ label: `task ${r0.name}`, ns: ns0 }], [`${vip}:80`], 12);
+  t.equal(viaVip.lost, 0, `the VIP from inside a task: ${viaVip.lines().join('')}`);
+  t.equal(viaVip.answersTo().size, 3, 'the VIP balances over all 3 tasks from inside a task');
   t.match(
     spawnSync(
       'ip',
@@ -379,18 +407,39 @@ export async function servicesScenario(t: Test, opts: ScenarioOptions): Promise<
   ).stdout.trim();
   t.ok(viaName, `http://web/ from inside a task answers, resolved by its DNS (${viaName})`);
 
-  // Scale up: new replicas serve.
-  ok(h1, 'service', 'scale', 'web', '5');
-  await until('5 running', () => running().length === 5, 60_000);
-  const five = await until(
-    '5 answering on h2',
-    () => {
-      const s = answers(h2, 25);
-      return s.size === 5 ? s : null;
-    },
-    30_000,
+  // Scale up: the command returns once every node's load balancer serves the new replicas, so
+  // at once (no wait of ours) every node lists them as active backends of the published port
+  // and its port reaches each of them, no request lost.
+  const scaled = mh.ctl(h1, 'service', 'scale', 'web', '5');
+  t.ok(
+    scaled.status === 0 && /web: served by every node's load balancer/.test(scaled.stderr),
+    `service scale waited for every node's load balancer (${scaled.stderr.trim().split('\n').pop()})`,
   );
-  t.equal(five.size, 5, 'after scale 5 all five answer through the published port');
+  const five = running().map((r) => r.name);
+  t.equal(five.length, 5, 'scale 5 returned with 5 running');
+  for (const h of net.hosts) {
+    const lb = JSON.parse(ok(h, 'lb', 'show', '--json')) as LbShow;
+    const active = new Set(
+      lb.entries
+        .filter((e) => e.kind === 'ingress' && e.port === 8080)
+        .flatMap((e) => e.backends.filter((b) => b.state === 'active').map((b) => b.task)),
+    );
+    t.same(
+      five.filter((n) => !active.has(n)),
+      [],
+      `when scale returns, h${h.index}'s ingress load balancer has all 5 as active backends`,
+    );
+  }
+  {
+    const r = verdict('right after scale 5 returned', net.hosts, net.hosts, 5);
+    for (const h of net.hosts) {
+      t.same(
+        five.filter((n) => !r.answersTo(port(h)).has(n)),
+        [],
+        `right after scale 5 returned, port 8080 on h${h.index} reaches all five`,
+      );
+    }
+  }
 
   // Scale down: removed tasks get no new connections.
   ok(h1, 'service', 'scale', 'web', '2');
@@ -403,7 +452,7 @@ export async function servicesScenario(t: Test, opts: ScenarioOptions): Promise<
     30_000,
   );
   const keep = new Set(running().map((r) => r.name));
-  const after = answers(h3, 20);
+  const after = verdict('after the scale down', net.hosts, net.hosts, 4).answersTo();
   t.same(
     [...after.keys()].filter((n) => !keep.has(n)),
     [],
@@ -431,6 +480,7 @@ export async function servicesScenario(t: Test, opts: ScenarioOptions): Promise<
   if (pid) process.kill(Number(pid), 'SIGKILL');
   // Before its replacement exists (that waits for the restart delay), the two others answer.
   await noneLost('after the crash', net.hosts, new Set([victim.name]), crashedAt);
+  verdict('after the crash (converged)', net.hosts, net.hosts, 4);
   await until(
     'a replacement for the crashed task',
     () => running().length === 3 && !running().some((r) => r.id === victim.id),
@@ -489,6 +539,7 @@ export async function servicesScenario(t: Test, opts: ScenarioOptions): Promise<
     30_000,
   );
   t.equal(full.size, 6, 'the service answers from 6 tasks on the survivors');
+  verdict('after the node kill (converged)', [h1, h2], [h1, h2], 6);
   t.comment(`node kill → full replica count answering in ${Date.now() - killedAt} ms`);
   await opts.check?.(t, {
     mh,
@@ -498,9 +549,16 @@ export async function servicesScenario(t: Test, opts: ScenarioOptions): Promise<
     taskNodes: running().map((r) => r.node),
   });
 
+  for (const l of count.lines()) t.comment(l);
+  t.equal(count.lost, 0, `every counted request answered (${count.answered}/${count.sent})`);
+
   ok(h1, 'service', 'rm', 'web');
   const removedAt = Date.now();
-  const left = () => netnsList().filter((n) => /mesh-t-/.test(n) && !n.startsWith(mh.prefix(h3)));
+  // Only this run's task namespaces on the survivors (other tests run beside this one).
+  const left = () =>
+    netnsList().filter(
+      (n) => /mesh-t-/.test(n) && [h1, h2].some((h) => n.startsWith(mh.prefix(h))),
+    );
   await until('tasks gone', () => left().length === 0, 30_000).catch((e: unknown) => {
     t.comment(`left: ${left().join(' ')}`);
     throw e;

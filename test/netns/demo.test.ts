@@ -1,6 +1,7 @@
 // The README's first command must stay true: the demo makes a cluster of three meshd hosts, a
-// 6-replica service published on 8080 answers on every host from tasks on every host, lb show
-// explains it, a killed host's replicas come back on the others, and nothing is left behind.
+// 6-replica service published on 8080 answers every request from every host on every host, from
+// tasks on every host (answered/sent per pair; exit 1 on one lost), lb show explains it, a
+// killed host's replicas come back on the others, and nothing is left behind.
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
@@ -25,6 +26,13 @@ t.test('demo', async (t) => {
     /== answers came from tasks on h1, h2, h3\n/,
     'port 8080 on every host answered by tasks on every host',
   );
+  t.match(
+    r.stdout,
+    /h1 → 198\.18\.0\.2:8080 {2}12\/12 answered/,
+    'answered/sent per (from, to) pair',
+  );
+  t.notMatch(r.stdout, /LOST|FAILED/, 'no request unanswered');
+  t.match(r.stdout, /== 156\/156 requests answered\n/, 'every request counted and answered');
   t.match(r.stdout, /backend nftables/, 'lb show names the backend');
   t.match(
     r.stdout,
