@@ -18,15 +18,10 @@ import type {
   ServiceEntry,
 } from '../../src/manager/service-types.js';
 import { testnet, type TestHost } from '../lib/testnet.js';
+import { requireRoot, requireCommand } from '../lib/require.js';
 
-if (process.getuid?.() !== 0) {
-  t.plan(0, 'netns tests need root (they create network namespaces)');
-  process.exit(0);
-}
-if (spawnSync('nft', ['--version']).status !== 0) {
-  t.plan(0, 'nft (nftables) is not installed');
-  process.exit(0);
-}
+requireRoot('netns tests');
+requireCommand('nft', ['--version'], 'nftables (Debian package nftables)');
 
 const SERVER = `
 const name = process.argv[1];

@@ -17,11 +17,9 @@ import { IpvsBackend, benchIpvsProgram } from '../../src/lb/ipvs.js';
 import type { LbService } from '../../src/lb/types.js';
 import { Ipvs } from '../../src/netlink/ipvs.js';
 import { netnsOpen, spawnInNetns, withNetns, type Netns } from '../../src/netlink/netns.js';
+import { requireVm } from '../lib/require.js';
 
-if (process.env.MESH_VM !== '1') {
-  t.plan(0, 'runs only inside the kernel VM (scripts/vm/suite); MESH_VM=1 is unset');
-  process.exit(0);
-}
+requireVm('ipvs.test');
 
 function run(cmd: string, args: string[], input?: string): string {
   return execFileSync(cmd, args, {

@@ -8,11 +8,9 @@ import type { Test } from 'tap';
 import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { release } from 'node:os';
+import { requireVm } from '../lib/require.js';
 
-if (process.env.MESH_VM !== '1') {
-  t.plan(0, 'runs only inside the kernel VM (scripts/vm/suite); MESH_VM=1 is unset');
-  process.exit(0);
-}
+requireVm('kernel.test');
 
 function run(cmd: string, args: string[]): string {
   return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });

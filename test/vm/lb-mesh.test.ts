@@ -19,11 +19,9 @@ import type {
 } from '../../src/manager/service-types.js';
 import { testnet, type TestHost } from '../lib/testnet.js';
 import { ipvsadmLines, showLines } from '../lib/ipvs-lines.js';
+import { requireVm } from '../lib/require.js';
 
-if (process.env.MESH_VM !== '1') {
-  t.plan(0, 'runs only inside the kernel VM (scripts/vm/suite); MESH_VM=1 is unset');
-  process.exit(0);
-}
+requireVm('lb-mesh.test');
 
 const SERVER = `
 const name = process.argv[1];

@@ -9,11 +9,9 @@ import type { LbShow } from '../../src/lb/mesh.js';
 import { ipvsadmLines, showLines } from '../lib/ipvs-lines.js';
 import { until } from '../lib/meshd.js';
 import { servicesScenario, type CheckPoint } from '../lib/services-scenario.js';
+import { requireVm } from '../lib/require.js';
 
-if (process.env.MESH_VM !== '1') {
-  t.plan(0, 'runs only inside the kernel VM (scripts/vm/suite); MESH_VM=1 is unset');
-  process.exit(0);
-}
+requireVm('services.test');
 
 /** Show and ipvsadm are read at different moments: compare until they agree (bounded). */
 async function ipvsMatchesShow(t: Test, at: CheckPoint): Promise<void> {
