@@ -1,3 +1,4 @@
+// vm-timeout: 120
 // Runs inside the Debian kernel VM (scripts/vm): our own generic-netlink lookup finds the IPVS
 // family once ip_vs is loaded, from the host namespace and from a fresh one. Fails (never
 // skips) when IPVS is missing: this file only runs in the VM.

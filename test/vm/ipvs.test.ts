@@ -1,3 +1,4 @@
+// vm-timeout: 400
 // Runs inside the Debian kernel VM (scripts/vm/suite): the IPVS load-balancer backend
 // (src/lb/ipvs.ts over src/netlink/ipvs.ts) against the real kernel, checked with ipvsadm,
 // an independent client of the same tables. Fails (never skips) inside the VM.

@@ -1,3 +1,4 @@
+// vm-timeout: 120
 // Proves the kernel features Mesh needs are present in the VM kernel (scripts/vm/run): IPVS
 // (module, /proc, an fwmark service with a masquerade destination in a fresh namespace), ESP
 // with rfc4106(gcm(aes)) (needs crypto module autoload) and VXLAN links. These run only inside

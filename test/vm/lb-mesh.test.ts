@@ -1,3 +1,4 @@
+// vm-timeout: 400
 // Runs inside the Debian kernel VM (scripts/vm/suite): ServiceLb (src/lb/mesh.ts) with the
 // IPVS backend. Two namespaced hosts with an OverlayDriver each, a service with one task per
 // host on an app network and the ingress network, a client task per host. Checks: the VIP

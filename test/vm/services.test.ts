@@ -1,3 +1,4 @@
+// vm-timeout: 900
 // Runs inside the Debian kernel VM (scripts/vm/suite): the services scenario of the netns test
 // (test/lib/services-scenario.ts) with meshd's IPVS backend, plus at each converged point, on
 // every live host: `meshctl lb show` reports the IPVS backend, every running task is an active
