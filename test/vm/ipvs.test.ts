@@ -1,4 +1,5 @@
-// vm-timeout: 400
+// vm-timeout: 240
+// (a whole run: 99 s in the VM under host load 10–20; a normal run takes at most half of it)
 // Runs inside the Debian kernel VM (scripts/vm/suite): the IPVS load-balancer backend
 // (src/lb/ipvs.ts over src/netlink/ipvs.ts) against the real kernel, checked with ipvsadm,
 // an independent client of the same tables. Fails (never skips) inside the VM.

@@ -1,4 +1,5 @@
 // vm-timeout: 120
+// (a whole run: 54 s in the VM under host load 10–20; a normal run takes at most half of it)
 // Proves the kernel features Mesh needs are present in the VM kernel (scripts/vm/run): IPVS
 // (module, /proc, an fwmark service with a masquerade destination in a fresh namespace), ESP
 // with rfc4106(gcm(aes)) (needs crypto module autoload) and VXLAN links. These run only inside

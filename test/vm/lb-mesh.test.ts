@@ -1,4 +1,5 @@
-// vm-timeout: 400
+// vm-timeout: 360
+// (a whole run: 153 s in the VM under host load 10–20; a normal run takes at most half of it)
 // Runs inside the Debian kernel VM (scripts/vm/suite): ServiceLb (src/lb/mesh.ts) with the
 // IPVS backend. Two namespaced hosts with an OverlayDriver each, a service with one task per
 // host on an app network and the ingress network, a client task per host. Checks: the VIP
