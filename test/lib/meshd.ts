@@ -122,7 +122,15 @@ export class MeshHosts {
   }
 }
 
-/** Poll `f` (bounded) until it gives something truthy; throws naming `what` on time-out. */
+/**
+ * Poll `f` (bounded) until it gives something truthy; throws naming `what` on time-out.
+ *
+ * Between two checks it waits as long as the last check took (at least 100 ms): a check is
+ * usually a meshctl run, a whole node start that costs seconds of CPU under the kernel VM's
+ * emulation (docs/vm.md), and polling back to back keeps one of the VM's two CPUs starting
+ * meshctl while the meshd processes it waits for need it. This caps the polling at half a CPU;
+ * on a native host checks take milliseconds and nothing changes.
+ */
 export async function until<T>(
   what: string,
   f: () => T | undefined | false | null,
@@ -130,9 +138,11 @@ export async function until<T>(
 ): Promise<T> {
   const end = Date.now() + ms;
   for (;;) {
+    const t0 = Date.now();
     const v = f();
     if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
+    const now = Date.now();
+    if (now > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, Math.min(Math.max(100, now - t0), end - now + 1)));
   }
 }
