@@ -125,11 +125,11 @@ export class MeshHosts {
 /**
  * Poll `f` (bounded) until it gives something truthy; throws naming `what` on time-out.
  *
- * Between two checks it waits as long as the last check took (at least 100 ms): a check is
- * usually a meshctl run, a whole node start that costs seconds of CPU under the kernel VM's
- * emulation (docs/vm.md), and polling back to back keeps one of the VM's two CPUs starting
- * meshctl while the meshd processes it waits for need it. This caps the polling at half a CPU;
- * on a native host checks take milliseconds and nothing changes.
+ * Between two checks it waits twice as long as the last check took (at least 100 ms): a check
+ * is usually a meshctl run, a whole node start, which under the kernel VM's emulation takes
+ * 1.3–1.7 s and 2.2 s of CPU (node's own threads included), so polling back to back held more
+ * than one of the VM's two CPUs while the meshd processes it waited for needed them. Polling
+ * now takes about a third of the time; on a native host checks take milliseconds.
  */
 export async function until<T>(
   what: string,
@@ -143,6 +143,6 @@ export async function until<T>(
     if (v) return v;
     const now = Date.now();
     if (now > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, Math.min(Math.max(100, now - t0), end - now + 1)));
+    await new Promise((r) => setTimeout(r, Math.min(Math.max(100, 2 * (now - t0)), end - now + 1)));
   }
 }
