@@ -10,7 +10,7 @@ import { spawnSync } from 'node:child_process';
 export function requireRoot(what: string): void {
   if (process.getuid?.() === 0) return;
   throw new Error(
-    `${what} need root (they create network namespaces): run them as root, e.g. sudo npm test`,
+    `${what} cannot run: creating network namespaces needs root; run as root (e.g. sudo npm test)`,
   );
 }
 
