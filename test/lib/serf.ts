@@ -5,7 +5,6 @@
  * Processes are started with `host.spawn`, so TestNet.destroy() kills them whatever happens.
  */
 import type { ChildProcess } from 'node:child_process';
-import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -16,11 +15,6 @@ import { fileURLToPath } from 'node:url';
 import type { TestHost } from './testnet.js';
 
 export const RPC = '127.0.0.1:7373';
-
-/** Whether the `serf` binary is installed (scripts/setup installs Debian's). */
-export function haveSerf(): boolean {
-  return spawnSync('serf', ['version'], { encoding: 'utf8' }).status === 0;
-}
 
 /** A fresh AES-256 gossip key, base64 (what `serf agent -encrypt` takes). */
 export function newKey(): string {

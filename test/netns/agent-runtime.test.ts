@@ -27,11 +27,9 @@ import { pidsInNetns, readProcStat } from '../../src/agent/proc.js';
 import { TaskRuntime, type ExitEvent, type TaskInfo } from '../../src/agent/runtime.js';
 import { setLogSink } from '../../src/util/log.js';
 import { destroyByPrefix, sweepStale } from '../lib/testnet.js';
+import { requireRoot } from '../lib/require.js';
 
-if (process.getuid?.() !== 0) {
-  t.plan(0, 'runtime tests need root (they create network namespaces)');
-  process.exit(0);
-}
+requireRoot('runtime tests');
 
 setLogSink(() => {});
 sweepStale();

@@ -7,11 +7,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { testnet, type TestHost } from '../lib/testnet.js';
+import { requireRoot } from '../lib/require.js';
 
-if (process.getuid?.() !== 0) {
-  t.plan(0, 'netns tests need root (they create network namespaces)');
-  process.exit(0);
-}
+requireRoot('netns tests');
 
 const root = fileURLToPath(new URL('../../../', import.meta.url));
 const meshd = `${root}dist/src/daemon/main.js`;

@@ -5,11 +5,9 @@
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
+import { requireRoot } from '../lib/require.js';
 
-if (process.getuid?.() !== 0) {
-  t.plan(0, 'the demo needs root (it creates network namespaces)');
-  process.exit(0);
-}
+requireRoot('the demo test');
 
 t.test('demo', async (t) => {
   const root = fileURLToPath(new URL('../../../', import.meta.url));

@@ -5,11 +5,9 @@ import { fileURLToPath } from 'node:url';
 
 import { allIn, startOurs, stateMap, waitFor, type OurAgent } from '../lib/serf.js';
 import { testnet, type TestHost } from '../lib/testnet.js';
+import { requireRoot } from '../lib/require.js';
 
-if (process.getuid?.() !== 0) {
-  t.plan(0, 'gossip agents need root (they run in network namespaces)');
-  process.exit(0);
-}
+requireRoot('gossip agent tests');
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 

@@ -2,10 +2,12 @@
 // gossip-agent side by side in network namespaces. Every wait is bounded; the nets (and the
 // processes in them) are destroyed however a test ends.
 import t from 'tap';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 
 import {
   allIn,
-  haveSerf,
   newKey,
   serfKeys,
   serfMembers,
@@ -15,16 +17,12 @@ import {
   waitFor,
   type OurAgent,
 } from '../lib/serf.js';
+import { MeshHosts, until } from '../lib/meshd.js';
+import { requireCommand, requireRoot } from '../lib/require.js';
 import { testnet, type TestHost } from '../lib/testnet.js';
 
-if (process.getuid?.() !== 0) {
-  t.plan(0, 'gossip interop needs root (it creates network namespaces)');
-  process.exit(0);
-}
-if (!haveSerf()) {
-  t.plan(0, 'serf is not installed (scripts/setup installs it)');
-  process.exit(0);
-}
+requireRoot('gossip interop tests');
+requireCommand('serf', ['version'], 'serf (Debian package serf)');
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -203,3 +201,84 @@ t.test('encrypted (AES-256): join, then key rotation keeps everyone in', async (
     `encrypted: join seen by all ${joinMs} ms; rotation install/use/remove with 0 suspicions; serf leave -> left at ours ${serfLeftMs} ms; our leave -> ${shown} at serf ${oursLeftMs} ms`,
   );
 });
+
+t.test(
+  'meshd itself with serf, encrypted: both sides alive, kill -9 detected both ways',
+  async (t) => {
+    const net = testnet(t, { hosts: 3 });
+    const [h1, h2, h3] = net.hosts as [TestHost, TestHost, TestHost];
+    const dir = mkdtempSync(join(tmpdir(), 'meshd-serf-'));
+    t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+    const key = newKey();
+    const keyFile = join(dir, 'gossip.key');
+    writeFileSync(keyFile, `${key}\n`, { mode: 0o600 });
+    const mh = new MeshHosts(dir);
+    t.teardown(() => mh.killAll());
+    /** meshd's member states from `meshctl debug gossip --json` ([] while its API is not up). */
+    const meshdView = (): Map<string, string> => {
+      const r = mh.ctl(h3, 'debug', 'gossip', '--json');
+      if (r.status !== 0) return new Map();
+      return stateMap(
+        (JSON.parse(r.stdout) as { members: { name: string; state: string }[] }).members,
+      );
+    };
+    const show = () =>
+      `serf(s1): ${[...stateMap(serfMembers(h1))].map(([n, st]) => `${n}=${st}`).join(' ')} | meshd: ${[...meshdView()].map(([n, st]) => `${n}=${st}`).join(' ')}`;
+
+    // meshd joins s1 (meshd is the push/pull client), then s2 joins through meshd (its server).
+    const s1 = startSerf(h1, 's1', { key });
+    await until('s1 up', () => serfMembers(h1).length === 1, 10_000);
+    mh.start(h3, ['--join', h1.addr, '--gossip-key-file', keyFile]);
+    await until('meshd API on h3', () => mh.ready([h3]), 30_000);
+    const s2 = startSerf(h2, 's2', { key, join: h3.addr });
+    const all = ['s1', 's2', 'h3'];
+    const joinMs = await waitFor(
+      () =>
+        allIn(serfMembers(h1), all, 'alive') &&
+        allIn(serfMembers(h2), all, 'alive') &&
+        all.every((n) => meshdView().get(n) === 'alive'),
+      20_000,
+    );
+    t.ok(
+      joinMs >= 0,
+      `serf members and meshctl debug gossip list everyone alive (${joinMs} ms): ${show()}`,
+    );
+    t.match(s1.log(), /Encrypted: true/, 'serf runs encrypted');
+    t.notMatch(
+      `${s1.log()}${s2.log()}`,
+      /\[ERR\]|Failed to join|push\/pull|decrypt/i,
+      'no join, push/pull or decryption error at serf',
+    );
+    const st = JSON.parse(mh.ok(h3, 'debug', 'gossip', '--json')) as {
+      keys: { keys: string[] } | null;
+      counters: { badPackets: number };
+    };
+    t.equal(st.keys?.keys.length, 1, 'meshd gossips encrypted with the one key of its key file');
+    t.equal(st.counters.badPackets, 0, 'meshd dropped no packet (none failed to decrypt)');
+
+    // kill -9 of a serf agent: meshd declares it dead.
+    const killedSerf = Date.now();
+    s2.kill();
+    const deadMs = await waitFor(() => meshdView().get('s2') === 'dead', 30_000);
+    t.ok(
+      deadMs >= 0,
+      `meshd declares the killed serf agent dead (${Date.now() - killedSerf} ms): ${show()}`,
+    );
+    const serfMs = await waitFor(() => stateMap(serfMembers(h1)).get('s2') === 'failed', 30_000);
+    t.ok(serfMs >= 0, `and s1 shows it failed (${Date.now() - killedSerf} ms after the kill)`);
+    const serfDetectMs = Date.now() - killedSerf;
+
+    // kill -9 of meshd: serf marks it failed.
+    const killedMeshd = Date.now();
+    mh.procs.get(h3.index)?.kill('SIGKILL');
+    const failedMs = await waitFor(() => stateMap(serfMembers(h1)).get('h3') === 'failed', 30_000);
+    t.ok(
+      failedMs >= 0,
+      `serf shows the killed meshd failed (${Date.now() - killedMeshd} ms): ${show()}`,
+    );
+    t.ok(allIn(serfMembers(h1), ['s1'], 'alive'), 's1 itself is still alive');
+    t.comment(
+      `meshd+serf encrypted: join seen by all ${joinMs} ms; serf kill -9 -> dead at meshd ${deadMs} ms, failed at s1 ${serfDetectMs} ms; meshd kill -9 -> failed at serf ${failedMs} ms`,
+    );
+  },
+);

@@ -14,15 +14,10 @@ import { macFromIp } from '../../src/overlay/plan.js';
 import { ServiceLb, INGRESS_TABLE } from '../../src/lb/mesh.js';
 import type { NetworkInfo, ServiceEndpoint, ServiceEntry } from '../../src/api/services.js';
 import { testnet, type TestHost } from '../lib/testnet.js';
+import { requireRoot, requireCommand } from '../lib/require.js';
 
-if (process.getuid?.() !== 0) {
-  t.plan(0, 'netns tests need root (they create network namespaces)');
-  process.exit(0);
-}
-if (spawnSync('nft', ['--version']).status !== 0) {
-  t.plan(0, 'nft (nftables) is not installed');
-  process.exit(0);
-}
+requireRoot('netns tests');
+requireCommand('nft', ['--version'], 'nftables (Debian package nftables)');
 
 const SERVER = `
 const name = process.argv[1];

@@ -3,20 +3,15 @@
 // that answers every line with its name, so the client sees which backend took a connection.
 // Traffic claims are checked with real connections, kernel claims with `nft` and conntrack.
 import t from 'tap';
-import { spawnSync, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { NFT_TABLE, NftBackend, normalizeServices } from '../../src/lb/nft.js';
 import type { LbService } from '../../src/lb/types.js';
 import { testnet, type TestHost } from '../lib/testnet.js';
+import { requireRoot, requireCommand } from '../lib/require.js';
 
-if (process.getuid?.() !== 0) {
-  t.plan(0, 'netns tests need root (they create network namespaces)');
-  process.exit(0);
-}
-if (spawnSync('nft', ['--version']).status !== 0) {
-  t.plan(0, 'nft (nftables) is not installed');
-  process.exit(0);
-}
+requireRoot('netns tests');
+requireCommand('nft', ['--version'], 'nftables (Debian package nftables)');
 
 const SERVER = `
 const name = process.argv[1];

@@ -32,11 +32,9 @@ import {
 } from '../../src/netlink/index.js';
 import { RTM_NEWNEIGH } from '../../src/netlink/rt.js';
 import { testnet } from '../lib/testnet.js';
+import { requireRoot } from '../lib/require.js';
 
-if (process.getuid?.() !== 0) {
-  t.plan(0, 'netns tests need root (they create network namespaces)');
-  process.exit(0);
-}
+requireRoot('netns tests');
 
 const ipj = (host: { run(c: string, a?: readonly string[]): string }, ...args: string[]): any[] =>
   JSON.parse(

@@ -15,11 +15,9 @@ import {
   withNetns,
 } from '../../src/netlink/index.js';
 import { sweepStale, testnet } from '../lib/testnet.js';
+import { requireRoot } from '../lib/require.js';
 
-if (process.getuid?.() !== 0) {
-  t.plan(0, 'netns tests need root (they create network namespaces)');
-  process.exit(0);
-}
+requireRoot('netns tests');
 
 t.test('create, list, open, delete like ip netns', async (t) => {
   const name = `mt-${process.pid}-0-ns`;

@@ -13,11 +13,9 @@ import {
 import { OverlayDriver, type NetworkSpec, type Peer } from '../../src/overlay/index.js';
 import { macFromIp } from '../../src/overlay/plan.js';
 import { testnet, type TestHost, type TestNet } from '../lib/testnet.js';
+import { requireRoot } from '../lib/require.js';
 
-if (process.getuid?.() !== 0) {
-  t.plan(0, 'netns tests need root (they create network namespaces)');
-  process.exit(0);
-}
+requireRoot('netns tests');
 
 /** `ip -n NS -j ARGS` (or `bridge`), parsed. */
 function j(ns: string, tool: 'ip' | 'bridge', ...args: string[]): any[] {

@@ -12,11 +12,9 @@ import { join } from 'node:path';
 import { netnsCreate, netnsList } from '../../src/netlink/index.js';
 import { MeshHosts, until } from '../lib/meshd.js';
 import { testnet, type TestHost } from '../lib/testnet.js';
+import { requireRoot } from '../lib/require.js';
 
-if (process.getuid?.() !== 0) {
-  t.plan(0, 'netns tests need root (they create network namespaces)');
-  process.exit(0);
-}
+requireRoot('netns tests');
 
 interface TaskView {
   id: string;

@@ -2,11 +2,9 @@
 // scenario in test/lib/services-scenario.ts (the VM runs it with IPVS: test/vm/services.test.ts).
 import t from 'tap';
 import { servicesScenario } from '../lib/services-scenario.js';
+import { requireRoot } from '../lib/require.js';
 
-if (process.getuid?.() !== 0) {
-  t.plan(0, 'netns tests need root (they create network namespaces)');
-  process.exit(0);
-}
+requireRoot('netns tests');
 
 t.test('a published service across three hosts (nftables)', (t) =>
   servicesScenario(t, { backend: 'nftables' }),

@@ -19,6 +19,7 @@ import {
   historyStats,
   httpKv,
   lostWrites,
+  missedKinds,
   runSchedule,
   type FaultEvent,
   type FaultKind,
@@ -331,4 +332,31 @@ t.test('runSchedule skips episodes it has fallen too far behind to fit', async (
   t.equal(st.episodes, 2, 'the first and the last ran');
   t.equal(st.skipped, 1, 'the second started too late to end in time');
   t.ok(procs[0]!.running && !procs[0]!.stopped);
+});
+
+t.test('runSchedule plays the last episode of a kind not yet played, however late', async (t) => {
+  const procs = [new ManagedProc('p', () => spawn('sleep', ['60'], { stdio: 'ignore' }))];
+  t.teardown(() => procs[0]!.kill9());
+  procs[0]!.start();
+  const splits: number[][] = [];
+  const net = { split: (a: readonly number[]) => splits.push([...a]), heal: () => undefined };
+  const ev = (kind: FaultKind, at: number, holdMs: number): FaultEvent => ({
+    kind,
+    at,
+    holdMs,
+    nodes: [0],
+    leader: false,
+    reverse: false,
+  });
+  // Both late episodes start after the first ends and would overrun the 300 ms plan.
+  const events = [ev('stop', 0, 300), ev('stop', 100, 300), ev('partition', 150, 300)];
+  const st = await runSchedule(events, {
+    net,
+    procs,
+    leader: () => Promise.resolve(undefined),
+  });
+  t.equal(st.skipped, 1, 'the second stop was skipped (a stop had been played)');
+  t.equal(st.byKind.partition, 1, 'the only partition was played although late');
+  t.same(missedKinds(events, st), [], 'no scheduled kind missed');
+  t.same(missedKinds(events, { ...st, byKind: { ...st.byKind, partition: 0 } }), ['partition']);
 });

@@ -188,3 +188,25 @@ t.test('no quorum: the error says so instead of timing out silently', async (t) 
   await new Promise((r) => setTimeout(r, 200));
   await t.rejects(n.propose(enc('z=2'), 5000), { code: 'ENOQUORUM' }, 'fails fast once leaderless');
 });
+
+t.test(
+  'a lone voter busy right after open waits for its own election, not failing fast',
+  async (t) => {
+    const n = await RaftNode.open({
+      id: 1,
+      dir: join(root, 'lone-busy'),
+      bootstrapVoters: [1],
+      sm: new KvMachine(),
+      transport: sender({ nodes: new Map(), down: new Set() }, 1),
+      tickMs: 5,
+    });
+    t.teardown(() => n.close());
+    // Synchronous work right after open (as meshd's manager start under the kernel VM's
+    // emulation, 2 s there) keeps the Ready loop from learning it leads, past the fail-fast
+    // bound of 3 election timeouts (150 ms here); a lone voter cannot have lost its quorum.
+    const t0 = Date.now();
+    while (Date.now() - t0 < 200);
+    t.ok(n.leaderlessMs() > 150, `no leader known yet after ${n.leaderlessMs()} ms`);
+    await t.resolves(n.propose(enc('solo=1'), 10_000), 'the proposal waits for the election');
+  },
+);

@@ -61,6 +61,24 @@ t.test('guest-suite counts files and fails skipped, failing and plan-less ones',
   t.match(all.out, new RegExp(`^vm: not ok ${noPlan} \\(no TAP plan, `, 'm'));
   t.match(all.out, /^not ok 1 - broken$/m, "each file's TAP is passed through");
 
+  // A file's own limit (`// vm-timeout: SEC`), however it ends: by SIGTERM, or by SIGKILL 5 s
+  // later when it ignores SIGTERM.
+  const slow = file('slow.mjs', `// vm-timeout: 1\nsetTimeout(() => {}, 20_000);`);
+  const stubborn = file(
+    'stubborn.mjs',
+    `// vm-timeout: 1\nprocess.on('SIGTERM', () => {});\nsetTimeout(() => {}, 20_000);`,
+  );
+  const limited = sh(guestSuite, [slow, stubborn], dir);
+  t.match(limited.out, new RegExp(`^# vm: ${slow} \\(limit 1 s\\)$`, 'm'));
+  t.match(
+    limited.out,
+    new RegExp(`^vm: not ok ${slow} \\(timed out after 1 s, 1\\.\\d s\\)$`, 'm'),
+  );
+  t.match(
+    limited.out,
+    new RegExp(`^vm: not ok ${stubborn} \\(timed out after 1 s, 6\\.\\d s\\)$`, 'm'),
+  );
+
   const good = sh(guestSuite, [ok, ok], dir);
   t.equal(good.code, 0);
   t.equal(good.out.trimEnd().split('\n').at(-1), 'vm: 2 passed, 0 failed');

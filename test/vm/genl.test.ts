@@ -1,3 +1,5 @@
+// vm-timeout: 90
+// (a whole run: 35 s in the VM under host load 10–20; a normal run takes at most half of it)
 // Runs inside the Debian kernel VM (scripts/vm): our own generic-netlink lookup finds the IPVS
 // family once ip_vs is loaded, from the host namespace and from a fresh one. Fails (never
 // skips) when IPVS is missing: this file only runs in the VM.

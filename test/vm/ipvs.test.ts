@@ -1,3 +1,5 @@
+// vm-timeout: 240
+// (a whole run: 99 s in the VM under host load 10–20; a normal run takes at most half of it)
 // Runs inside the Debian kernel VM (scripts/vm/suite): the IPVS load-balancer backend
 // (src/lb/ipvs.ts over src/netlink/ipvs.ts) against the real kernel, checked with ipvsadm,
 // an independent client of the same tables. Fails (never skips) inside the VM.
@@ -17,11 +19,9 @@ import { IpvsBackend, benchIpvsProgram } from '../../src/lb/ipvs.js';
 import type { LbService } from '../../src/lb/types.js';
 import { Ipvs } from '../../src/netlink/ipvs.js';
 import { netnsOpen, spawnInNetns, withNetns, type Netns } from '../../src/netlink/netns.js';
+import { requireVm } from '../lib/require.js';
 
-if (process.env.MESH_VM !== '1') {
-  t.plan(0, 'runs only inside the kernel VM (scripts/vm/suite); MESH_VM=1 is unset');
-  process.exit(0);
-}
+requireVm('ipvs.test');
 
 function run(cmd: string, args: string[], input?: string): string {
   return execFileSync(cmd, args, {

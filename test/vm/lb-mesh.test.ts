@@ -1,3 +1,5 @@
+// vm-timeout: 360
+// (a whole run: 153 s in the VM under host load 10–20; a normal run takes at most half of it)
 // Runs inside the Debian kernel VM (scripts/vm/suite): ServiceLb (src/lb/mesh.ts) with the
 // IPVS backend. Two namespaced hosts with an OverlayDriver each, a service with one task per
 // host on an app network and the ingress network, a client task per host. Checks: the VIP
@@ -15,11 +17,9 @@ import { ServiceLb } from '../../src/lb/mesh.js';
 import type { NetworkInfo, ServiceEndpoint, ServiceEntry } from '../../src/api/services.js';
 import { testnet, type TestHost } from '../lib/testnet.js';
 import { ipvsadmLines, showLines } from '../lib/ipvs-lines.js';
+import { requireVm } from '../lib/require.js';
 
-if (process.env.MESH_VM !== '1') {
-  t.plan(0, 'runs only inside the kernel VM (scripts/vm/suite); MESH_VM=1 is unset');
-  process.exit(0);
-}
+requireVm('lb-mesh.test');
 
 const SERVER = `
 const name = process.argv[1];

@@ -257,7 +257,10 @@ export class RaftNode {
    */
   propose(cmd: Uint8Array, timeoutMs = 10_000): Promise<unknown> {
     if (this.closed) return Promise.reject(closedError());
-    if (this.lead === 0 && this.leaderlessMs() > 3 * this.electionMs) {
+    // Fail fast when the quorum is gone. A lone voter cannot lose its quorum: while it has no
+    // leader it is electing itself, which waits for its own disk (seconds on a slow or emulated
+    // machine, right after `cluster init`), so its proposals wait, bounded by `timeoutMs`.
+    if (this.lead === 0 && this.leaderlessMs() > 3 * this.electionMs && !this.loneVoter()) {
       return Promise.reject(noLeaderError(this));
     }
     let lane = this.lanes.find((l) => !l.busy);
@@ -331,6 +334,12 @@ export class RaftNode {
 
   get isLeader(): boolean {
     return this.role === StateRole.Leader;
+  }
+
+  /** Whether this node is the only voter (a one-manager cluster). */
+  private loneVoter(): boolean {
+    const v = this.rn.status().confState.voters;
+    return v.length === 1 && v[0] === this.id;
   }
 
   /** Milliseconds this node has been without a known leader (0 when it has one). */
