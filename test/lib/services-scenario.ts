@@ -67,6 +67,11 @@ export interface ScenarioOptions {
   heartbeat?: { flag: string; ms: number };
   /** How long to wait for no request to be lost after a kill. @default 30,000 ms */
   noneLostMs?: number;
+  /**
+   * How long three meshd may take to start and serve their API sockets. Under the VM's
+   * emulation on a loaded host three starts took 57 s. @default 90,000 ms
+   */
+  startMs?: number;
 }
 
 /**
@@ -207,7 +212,7 @@ export async function servicesScenario(t: Test, opts: ScenarioOptions): Promise<
   };
 
   // Long enough for three meshd starts under the VM's emulated CPU.
-  await until('API sockets', () => mh.ready(net.hosts), 90_000);
+  await until('API sockets', () => mh.ready(net.hosts), opts.startMs ?? 90_000);
   // Bad heartbeat periods are usage errors (exit 2), refused before anything is set up.
   for (const [bad, why] of [
     ['5x', /want a duration/],

@@ -66,5 +66,6 @@ t.test('a published service across three hosts (IPVS)', (t) =>
     // down with the default 2 s period): a longer heartbeat, as a slow real cluster would use.
     heartbeat: { flag: '4s', ms: 4000 },
     noneLostMs: 60_000,
+    startMs: 180_000,
   }),
 );
