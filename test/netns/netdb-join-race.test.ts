@@ -5,10 +5,9 @@
 // port (every node joins ingress and app and writes its endpoints at nearly the same instant),
 // waits (bounded) until each node's `debug overlay` peers list every remote task address that
 // the managers' load-balancer view (`lb show`) names, then removes the service; at the end no
-// node may have dropped a netdb message as "not in network". The old core dropped 48-84 over
-// 5-8 cycles (table events that outran the receiver's own join), and in the simulator such a
-// drop left an endpoint missing until the bulk sync in ~2 % of cycles; no real cycle of ours
-// (21 on the old core) stayed apart for 20 s, though under load they took 5-20 s to converge.
+// node may have dropped a netdb message as "not in network". On the old core every run dropped
+// 42-84 (table events that outran the receiver's own join), and 1 of 26 cycles left h1's two
+// ingress endpoints missing on h2 and h3 past the 20 s wait (the issue's symptom).
 import t from 'tap';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
