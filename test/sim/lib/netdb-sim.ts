@@ -1,6 +1,7 @@
 // The netdb discrete-event simulator (see test/sim/netdb-sim.test.ts for what it checks).
 import { NetdbCore, type NetdbEvent } from '../../../src/netdb/core.js';
 import type { NetdbConfig } from '../../../src/netdb/config.js';
+import { EventHeap } from './event-heap.js';
 
 export class Rng {
   private s: number;
@@ -18,54 +19,6 @@ export class Rng {
     return n > 0 ? Math.floor(this.next() * n) : 0;
   }
 }
-
-interface Ev {
-  at: number;
-  seq: number;
-  fn: () => void;
-}
-
-class Heap {
-  private a: Ev[] = [];
-  get size(): number {
-    return this.a.length;
-  }
-  push(e: Ev): void {
-    const a = this.a;
-    a.push(e);
-    let i = a.length - 1;
-    while (i > 0) {
-      const p = (i - 1) >> 1;
-      if (less(a[p]!, a[i]!)) break;
-      [a[p], a[i]] = [a[i]!, a[p]!];
-      i = p;
-    }
-  }
-  peek(): Ev | undefined {
-    return this.a[0];
-  }
-  pop(): Ev | undefined {
-    const a = this.a;
-    const top = a[0];
-    const last = a.pop();
-    if (a.length > 0 && last) {
-      a[0] = last;
-      let i = 0;
-      for (;;) {
-        const l = 2 * i + 1;
-        const r = l + 1;
-        let m = i;
-        if (l < a.length && less(a[l]!, a[m]!)) m = l;
-        if (r < a.length && less(a[r]!, a[m]!)) m = r;
-        if (m === i) break;
-        [a[m], a[i]] = [a[i]!, a[m]!];
-        i = m;
-      }
-    }
-    return top;
-  }
-}
-const less = (x: Ev, y: Ev) => x.at < y.at || (x.at === y.at && x.seq < y.seq);
 
 export interface Node {
   name: string;
@@ -86,7 +39,7 @@ export class Sim {
   readonly rng: Rng;
   now = 0;
   private seq = 0;
-  private readonly q = new Heap();
+  private readonly q = new EventHeap();
   readonly nodes = new Map<string, Node>();
   /** Group per node while partitioned; nodes in different groups cannot talk. */
   group = new Map<string, number>();

@@ -7,6 +7,7 @@
  * src/raft/random.ts (the seeded generator).
  */
 
+import { EventHeap } from './event-heap.js';
 import { LAN_CONFIG, type SwimConfig } from '../../../src/gossip/config.js';
 import { decodePacket, openStream, sealMessages, sealStream } from '../../../src/gossip/packet.js';
 import { decodeStreamMessage, encodeStreamMessage } from '../../../src/gossip/stream.js';
@@ -51,58 +52,6 @@ export interface FalsePositive {
   subject: string;
 }
 
-interface Ev {
-  t: number;
-  seq: number;
-  fn: () => void;
-}
-
-/** Binary min-heap on (t, seq): same-time events run in scheduling order. */
-class Heap {
-  private a: Ev[] = [];
-  get size(): number {
-    return this.a.length;
-  }
-  peek(): Ev | undefined {
-    return this.a[0];
-  }
-  push(e: Ev): void {
-    const a = this.a;
-    a.push(e);
-    let i = a.length - 1;
-    while (i > 0) {
-      const p = (i - 1) >> 1;
-      if (!less(e, a[p]!)) break;
-      a[i] = a[p]!;
-      i = p;
-    }
-    a[i] = e;
-  }
-  pop(): Ev | undefined {
-    const a = this.a;
-    const top = a[0];
-    const last = a.pop();
-    if (a.length > 0 && last) {
-      let i = 0;
-      for (;;) {
-        const l = 2 * i + 1;
-        if (l >= a.length) break;
-        const r = l + 1;
-        const c = r < a.length && less(a[r]!, a[l]!) ? r : l;
-        if (!less(a[c]!, last)) break;
-        a[i] = a[c]!;
-        i = c;
-      }
-      a[i] = last;
-    }
-    return top;
-  }
-}
-
-function less(x: Ev, y: Ev): boolean {
-  return x.t < y.t || (x.t === y.t && x.seq < y.seq);
-}
-
 export class SwimSim {
   now = 0;
   readonly cfg: SwimConfig;
@@ -113,7 +62,7 @@ export class SwimSim {
   loss: number;
   private readonly delay: [number, number];
   private readonly wire: boolean;
-  private readonly heap = new Heap();
+  private readonly heap = new EventHeap();
   private seq = 0;
   private nextId = 0;
 
@@ -280,9 +229,9 @@ export class SwimSim {
   runUntil(t: number): void {
     for (;;) {
       const e = this.heap.peek();
-      if (!e || e.t > t) break;
+      if (!e || e.at > t) break;
       this.heap.pop();
-      this.now = e.t;
+      this.now = e.at;
       e.fn();
       if (this.violation) return;
     }
@@ -366,7 +315,7 @@ export class SwimSim {
   }
 
   private at(t: number, fn: () => void): void {
-    this.heap.push({ t, seq: this.seq++, fn });
+    this.heap.push({ at: t, seq: this.seq++, fn });
   }
 
   private delayMs(): number {
