@@ -10,7 +10,9 @@ import { call } from './client.js';
 export const LB_HELP = `  lb show [--service S]
                  this node's load balancer: backend (ipvs or nftables), per VIP and
                  published port the service, network, mark, scheduler and backends (task,
-                 node, address, weight, state, active/inactive connections), last reconcile
+                 node, address, weight, state, active/inactive connections), last reconcile;
+                 a backend the self-check finds no data path to is marked
+                 \`unreachable since …\` (out of rotation until the path is back)
 `;
 
 function ago(ms: number | undefined, now: number): string {
@@ -41,6 +43,10 @@ export function formatLbShow(s: LbShow, now: number): string {
   const out: string[] = [
     `node ${s.node}  backend ${s.backend}  last apply ${ago(s.lastApply, now)}  last reconcile ${ago(s.lastReconcile, now)}  drift repaired ${s.driftRepaired}`,
   ];
+  if (s.reach)
+    out.push(
+      `self-check: ${s.reach.current} unreachable now, ${s.reach.unreachable} found unreachable and ${s.reach.restored} restored since start`,
+    );
   if (s.entries.length === 0) out.push('no load-balanced services on this node');
   for (const e of s.entries) {
     const target = e.targetPort === 0 ? 'same port' : `-> ${e.targetPort}`;
@@ -64,7 +70,9 @@ export function formatLbShow(s: LbShow, now: number): string {
         b.node ?? '-',
         b.port === 0 ? b.address : `${b.address}:${b.port}`,
         String(b.weight),
-        b.state,
+        b.unreachableSince === undefined
+          ? b.state
+          : `${b.state}, unreachable since ${new Date(b.unreachableSince).toISOString()} (${ago(b.unreachableSince, now)})`,
         b.activeConns === undefined ? '-' : String(b.activeConns),
         b.inactiveConns === undefined ? '-' : String(b.inactiveConns),
       ]);

@@ -28,6 +28,7 @@ export class AgentRole {
   private worker: Worker | undefined;
   private lb: ServiceLb | undefined;
   private lbTimer: NodeJS.Timeout | undefined;
+  private reachTimer: NodeJS.Timeout | undefined;
 
   private constructor(
     private readonly cfg: DaemonConfig,
@@ -103,6 +104,10 @@ export class AgentRole {
       this.lbTimer = setInterval(() => {
         void lb.reconcile().catch((e: unknown) => log.warn('lb reconcile failed', { err: e }));
       }, 30_000);
+      // The self-check: a backend whose overlay path is missing leaves rotation within 2 s.
+      this.reachTimer = setInterval(() => {
+        void lb.checkReach().catch((e: unknown) => log.warn('lb self-check failed', { err: e }));
+      }, 2_000);
       this.agent = agent;
       const dnsTable = new DnsTable();
       const upstreams = this.cfg.dnsUpstreams;
@@ -189,6 +194,7 @@ export class AgentRole {
         agent: agent.status(),
         netdb: this.netdb?.counters(),
         worker: this.worker?.status(),
+        lbSelfCheck: this.lb?.reachStatus(),
       };
     });
   }
@@ -196,6 +202,7 @@ export class AgentRole {
   stop(): void {
     void this.worker?.close();
     if (this.lbTimer) clearInterval(this.lbTimer);
+    if (this.reachTimer) clearInterval(this.reachTimer);
     this.agent?.close();
     this.netdb?.close();
   }

@@ -47,10 +47,14 @@ import type { OverlayDriver } from '../overlay/driver.js';
 import { GW_BRIDGE } from '../overlay/plan.js';
 import { MeshError } from '../util/errors.js';
 import { runTool } from '../util/exec.js';
+import { createLogger } from '../util/log.js';
 import { IpvsBackend } from './ipvs.js';
 import { NftBackend } from './nft.js';
+import { planReach } from './reach.js';
 import { reservePort, type Reservation } from './reserve.js';
 import type { BackendState, BackendStats, LbBackend, LbService, Scheduler } from './types.js';
+
+const log = createLogger('lb');
 
 /** gw0 of the ingress namespace on mesh_gwbridge; the agent never hands it to a task. */
 export const INGRESS_GW = '10.255.255.254';
@@ -101,6 +105,8 @@ export interface LbShowBackend {
   activeConns?: number;
   inactiveConns?: number;
   scheduledConns?: number;
+  /** The self-check found no data path to it (ms since the epoch): out of rotation since. */
+  unreachableSince?: number;
 }
 
 export interface LbShowEntry {
@@ -132,7 +138,19 @@ export interface LbShow {
   lastReconcile?: number;
   /** Changes made by reconcile() since start (drift repaired). */
   driftRepaired: number;
+  /** The self-check (checkReach): backends found unreachable / reachable again since start. */
+  reach?: ReachCounters;
   entries: LbShowEntry[];
+}
+
+export interface ReachCounters {
+  checks: number;
+  /** Backends taken out of rotation because the data path to them was missing. */
+  unreachable: number;
+  /** Backends put back once it was there again. */
+  restored: number;
+  /** Backends out of rotation now. */
+  current: number;
 }
 
 interface Meta {
@@ -271,6 +289,14 @@ export class ServiceLb {
   private lastApply: number | undefined;
   private lastReconcile: number | undefined;
   private driftRepaired = 0;
+  /** Per LB namespace: unreachable backend address → since (ms); see src/lb/reach.ts. */
+  private readonly unreachable = new Map<string, Map<string, number>>();
+  private readonly reachCounters: ReachCounters = {
+    checks: 0,
+    unreachable: 0,
+    restored: 0,
+    current: 0,
+  };
   private closed = false;
   /** apply, reconcile, show and close run one at a time (namespaces are set up across awaits). */
   private queue: Promise<unknown> = Promise.resolve();
@@ -514,8 +540,12 @@ export class ServiceLb {
       lb.meta = w.meta;
       lb.vips = w.vips;
       changes += this.syncVips(lb);
-      changes += (await lb.backend.apply(w.svcs)).changes;
+      // Checked after each change too: a new backend whose path is missing never gets traffic.
+      this.planReach(lb);
+      changes += (await lb.backend.apply(this.effective(lb))).changes;
     }
+    for (const name of [...this.unreachable.keys()])
+      if (![...this.lbs.values()].some((l) => l.name === name)) this.unreachable.delete(name);
     changes += await this.applyHost(services, hostTasks);
     if (this.adopting) {
       // Everything still wanted is adopted now: what a previous run left beyond it goes.
@@ -734,11 +764,11 @@ export class ServiceLb {
         this.lbs.set(lb.net.id, fresh);
         n++;
         n += this.syncVips(fresh);
-        n += (await fresh.backend.apply(fresh.desired)).changes;
+        n += (await fresh.backend.apply(this.effective(fresh))).changes;
         continue;
       }
       n += this.syncVips(lb);
-      n += (await lb.backend.apply(lb.desired)).changes;
+      n += (await lb.backend.apply(this.effective(lb))).changes;
     }
     if (this.hostScript) {
       const listing = await runNft(this.opts.hostNetns, [
@@ -756,6 +786,71 @@ export class ServiceLb {
     this.driftRepaired += n;
     this.lastReconcile = this.now();
     return n;
+  }
+
+  /**
+   * The self-check: take backends the data path cannot reach out of rotation (weight 0, as
+   * draining: no new connections) until it can, and put them back. Cheap (one neighbour and one
+   * FDB dump per network with remote backends); the daemon runs it every few seconds, and every
+   * apply runs it. Returns how many backends changed state.
+   */
+  checkReach(): Promise<number> {
+    return this.serial(async () => {
+      if (this.closed) return 0;
+      let n = 0;
+      for (const lb of this.lbs.values()) {
+        const changed = this.planReach(lb);
+        if (changed > 0) await lb.backend.apply(this.effective(lb));
+        n += changed;
+      }
+      return n;
+    });
+  }
+
+  /** Update lb's unreachable set from the kernel; logs and counts changes. */
+  private planReach(lb: LbNs): number {
+    this.reachCounters.checks++;
+    const backends = lb.desired.flatMap((s) => s.backends.filter((b) => b.state === 'active'));
+    const reachable = this.opts.overlay.reachablePeers(lb.net.vni);
+    const prev = this.unreachable.get(lb.name) ?? new Map<string, number>();
+    const p = planReach(backends, this.opts.nodeId, reachable, prev, this.now());
+    for (const ip of p.lost) {
+      const b = backends.find((x) => x.ip === ip);
+      log.warn(
+        'backend unreachable: no overlay ARP/FDB entry for it; out of rotation until there is',
+        {
+          namespace: lb.name,
+          backend: ip,
+          task: b?.task,
+          node: b?.node,
+        },
+      );
+    }
+    for (const ip of p.back)
+      log.info('backend reachable again; back in rotation', { namespace: lb.name, backend: ip });
+    this.reachCounters.unreachable += p.lost.length;
+    this.reachCounters.restored += p.back.length;
+    if (p.unreachable.size > 0) this.unreachable.set(lb.name, p.unreachable);
+    else this.unreachable.delete(lb.name);
+    this.reachCounters.current = [...this.unreachable.values()].reduce((a, m) => a + m.size, 0);
+    return p.lost.length + p.back.length;
+  }
+
+  /** lb's desired services with unreachable backends at weight 0 (draining). */
+  private effective(lb: LbNs): LbService[] {
+    const out = this.unreachable.get(lb.name);
+    if (!out) return lb.desired;
+    return lb.desired.map((s) => ({
+      ...s,
+      backends: s.backends.map((b) =>
+        out.has(b.ip) && b.state === 'active' ? { ...b, weight: 0, state: 'draining' as const } : b,
+      ),
+    }));
+  }
+
+  /** The self-check's counters (`meshctl debug overlay`). */
+  reachStatus(): ReachCounters {
+    return { ...this.reachCounters };
   }
 
   /** What this node's kernel holds, with connection counts, for `meshctl lb show`. */
@@ -788,6 +883,8 @@ export class ServiceLb {
             if (b.activeConns !== undefined) o.activeConns = b.activeConns;
             if (b.inactiveConns !== undefined) o.inactiveConns = b.inactiveConns;
             if (b.scheduledConns !== undefined) o.scheduledConns = b.scheduledConns;
+            const since = this.unreachable.get(lb.name)?.get(b.ip);
+            if (since !== undefined) o.unreachableSince = since;
             return o;
           },
         );
@@ -815,6 +912,7 @@ export class ServiceLb {
       node: this.opts.nodeId,
       backend: this.backendName,
       driftRepaired: this.driftRepaired,
+      reach: { ...this.reachCounters },
       entries,
     };
     if (this.lastApply !== undefined) out.lastApply = this.lastApply;

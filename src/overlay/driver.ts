@@ -468,6 +468,22 @@ export class OverlayDriver {
     return [...(this.nets.get(vni)?.peers ?? [])];
   }
 
+  /**
+   * The remote endpoints the kernel can reach now (read back, not the driver's memory): the
+   * addresses with a permanent ARP entry on the network's vxlan device whose MAC has an FDB
+   * entry towards a VTEP. A load balancer's self-check (src/lb/reach.ts) reads this. Empty when
+   * the network is not set up here.
+   */
+  reachablePeers(vni: number): Set<string> {
+    const st = this.nets.get(vni);
+    if (!st) return new Set();
+    const vx = linkFind(st.rt, vxlanName(vni));
+    if (!vx) return new Set();
+    const k = this.kernelPeers(st.rt, vx.index);
+    const macs = new Set(k.fdb.map((f) => f.mac));
+    return new Set(k.neigh.filter((n) => n.mac !== '' && macs.has(n.mac)).map((n) => n.ip));
+  }
+
   /** Networks (VNIs) the driver manages. */
   networks(): number[] {
     return [...this.nets.keys()].sort((a, b) => a - b);
