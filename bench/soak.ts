@@ -33,7 +33,7 @@ import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { LbShow } from '../src/lb/mesh.js';
+import type { LbShow } from '../src/api/lb.js';
 import { netnsList } from '../src/netlink/index.js';
 import { MeshHosts, until } from '../test/lib/meshd.js';
 import {

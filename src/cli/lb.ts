@@ -3,7 +3,7 @@
  * (GET /v1/lb), per VIP, published port and host-mode port, with backends and connection counts.
  * May import: cli/client, lb/mesh (types), util/, node built-ins.
  */
-import type { LbShow, LbShowEntry } from '../lb/mesh.js';
+import type { LbShow, LbShowEntry } from '../api/lb.js';
 import { UsageError } from '../util/errors.js';
 import { call } from './client.js';
 

@@ -38,7 +38,8 @@ import { withNetns, type Netns } from '../netlink/netns.js';
 import { parseIp } from '../netlink/rt.js';
 import { MeshError } from '../util/errors.js';
 import { runTool } from '../util/exec.js';
-import type { Backend, BackendStats, LbBackend, LbService, Scheduler } from './types.js';
+import type { Scheduler } from '../api/lb.js';
+import type { Backend, BackendStats, LbBackend, LbService } from './types.js';
 
 const SCHEDULERS: ReadonlySet<string> = new Set(['rr', 'wrr', 'lc', 'sh', 'mh']);
 

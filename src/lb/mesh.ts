@@ -52,7 +52,8 @@ import { IpvsBackend } from './ipvs.js';
 import { NftBackend } from './nft.js';
 import { planReach } from './reach.js';
 import { reservePort, type Reservation } from './reserve.js';
-import type { BackendState, BackendStats, LbBackend, LbService, Scheduler } from './types.js';
+import type { LbShow, LbShowBackend, LbShowEntry, ReachCounters, Scheduler } from '../api/lb.js';
+import type { BackendStats, LbBackend, LbService } from './types.js';
 
 const log = createLogger('lb');
 
@@ -92,65 +93,6 @@ export interface HostTask {
   /** The task's gw0 address (plain IP). */
   gatewayIp: string;
   ports: PortSpec[];
-}
-
-export interface LbShowBackend {
-  task?: string;
-  node?: string;
-  address: string;
-  /** 0 = the packet's own port (all-ports VIP). */
-  port: number;
-  weight: number;
-  state: BackendState;
-  activeConns?: number;
-  inactiveConns?: number;
-  scheduledConns?: number;
-  /** The self-check found no data path to it (ms since the epoch): out of rotation since. */
-  unreachableSince?: number;
-}
-
-export interface LbShowEntry {
-  kind: 'vip' | 'ingress' | 'host';
-  service: string;
-  serviceId: string;
-  /** Network name (vip, ingress) */
-  network?: string;
-  networkId?: string;
-  /** Namespace holding the entry (host entries: the node's). */
-  namespace: string;
-  vip?: string;
-  protocol: 'tcp' | 'udp';
-  /** Front-end port (0 = every port of the VIP). */
-  port: number;
-  targetPort: number;
-  fwmark?: number;
-  scheduler?: Scheduler;
-  /** False when the kernel does not hold the entry (drift not yet repaired). */
-  programmed: boolean;
-  backends: LbShowBackend[];
-}
-
-export interface LbShow {
-  node: string;
-  backend: 'ipvs' | 'nftables';
-  /** ms since the epoch. */
-  lastApply?: number;
-  lastReconcile?: number;
-  /** Changes made by reconcile() since start (drift repaired). */
-  driftRepaired: number;
-  /** The self-check (checkReach): backends found unreachable / reachable again since start. */
-  reach?: ReachCounters;
-  entries: LbShowEntry[];
-}
-
-export interface ReachCounters {
-  checks: number;
-  /** Backends taken out of rotation because the data path to them was missing. */
-  unreachable: number;
-  /** Backends put back once it was there again. */
-  restored: number;
-  /** Backends out of rotation now. */
-  current: number;
 }
 
 interface Meta {

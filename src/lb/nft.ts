@@ -38,7 +38,8 @@ import { NETLINK_NETFILTER, NLM_F_REQUEST } from '../netlink/nl.js';
 import { NetlinkSocket } from '../netlink/socket.js';
 import { MeshError, UsageError } from '../util/errors.js';
 import { runTool } from '../util/exec.js';
-import type { Backend, BackendStats, LbBackend, LbService, Scheduler } from './types.js';
+import type { Scheduler } from '../api/lb.js';
+import type { Backend, BackendStats, LbBackend, LbService } from './types.js';
 
 export const NFT_TABLE = 'mesh-lb';
 const T = `ip ${NFT_TABLE}`;

@@ -1,16 +1,9 @@
 /**
  * The load balancer's one interface: what a service front end (a VIP on a network, or a
  * published port of the ingress routing mesh) and its backends look like, and what a kernel
- * backend (IPVS or nftables) must do with a desired list of them. Pure types; imports nothing.
+ * backend (IPVS or nftables) must do with a desired list of them. Pure types; imports api/lb.ts.
  */
-
-export type Scheduler = 'rr' | 'wrr' | 'lc' | 'sh' | 'mh';
-
-/**
- * active: receives new connections; draining: weight 0, existing connections continue and no
- * new ones arrive; unhealthy: not programmed at all.
- */
-export type BackendState = 'active' | 'draining' | 'unhealthy';
+import type { BackendState, Scheduler } from '../api/lb.js';
 
 export interface Backend {
   ip: string;

@@ -4,7 +4,7 @@
  * sorted. The VM tests check that the kernel holds exactly what show reports.
  */
 import { execFileSync } from 'node:child_process';
-import type { LbShowEntry } from '../../src/lb/mesh.js';
+import type { LbShowEntry } from '../../src/api/lb.js';
 
 /** `ipvsadm -Ln` inside namespace `ns`, as comparable lines. */
 export function ipvsadmLines(ns: string): string[] {

@@ -23,7 +23,7 @@ import { join } from 'node:path';
 import { killNetnsProcs, testnet, type TestHost } from './testnet.js';
 import { MeshHosts, until as untilPlain } from './meshd.js';
 import { RequestCount, httpGet, type Client } from './requests.js';
-import type { LbShow } from '../../src/lb/mesh.js';
+import type { LbShow } from '../../src/api/lb.js';
 import { netnsList } from '../../src/netlink/index.js';
 
 export interface TaskRow {

@@ -8,7 +8,7 @@ import t from 'tap';
 import { spawnSync } from 'node:child_process';
 import { until } from '../lib/meshd.js';
 import { ECHO_SERVER, clientLoop, cluster, converged } from '../lib/published.js';
-import type { LbShow } from '../../src/lb/mesh.js';
+import type { LbShow } from '../../src/api/lb.js';
 import { netnsList } from '../../src/netlink/index.js';
 
 if (process.getuid?.() !== 0) {

@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { testnet, type TestHost } from '../lib/testnet.js';
 import { MeshHosts, until } from '../lib/meshd.js';
 import { netnsList } from '../../src/netlink/index.js';
-import type { LbShow } from '../../src/lb/mesh.js';
+import type { LbShow } from '../../src/api/lb.js';
 import type { Peer } from '../../src/overlay/plan.js';
 
 if (process.getuid?.() !== 0) {

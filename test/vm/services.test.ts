@@ -7,7 +7,7 @@
 // balancer on the network) of the VIP, and `ipvsadm -Ln` inside each of meshd's load-balancer
 // namespaces holds exactly what `lb show` reports. Fails (never skips) in the VM.
 import t, { type Test } from 'tap';
-import type { LbShow } from '../../src/lb/mesh.js';
+import type { LbShow } from '../../src/api/lb.js';
 import { ipvsadmLines, showLines } from '../lib/ipvs-lines.js';
 import { until } from '../lib/meshd.js';
 import { servicesScenario, type CheckPoint } from '../lib/services-scenario.js';
