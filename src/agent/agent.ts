@@ -37,6 +37,12 @@ export interface PeerTables {
   getEntry(table: string, netId: string, key: string): unknown;
   deleteEntry(table: string, netId: string, key: string): void;
   getEntries(table: string, netId: string): { key: string; value: Uint8Array; owner: string }[];
+  /** hidden: its owner failed (it may come back); deleted: its owner removed it (a tombstone). */
+  entryState(
+    table: string,
+    netId: string,
+    key: string,
+  ): 'visible' | 'hidden' | 'deleted' | 'absent';
   watch(table: string, cb: (ev: { netId: string; key: string }) => void): () => void;
   /** Networks this node is in. */
   networks(): string[];
@@ -164,6 +170,10 @@ export class Agent {
   private readonly withdrawn = new Set<string>();
   /** Per network: what was programmed and which nodes' endpoints are held (peer-hold.ts). */
   private readonly holds = new Map<string, HoldState>();
+  /** Called after peers were added to or removed from the kernel (the LB re-checks reach). */
+  private peersChanged: (() => void) | undefined;
+  /** Per network: the peer-table keys last programmed, and their VTEPs (to tell deletes apart). */
+  private readonly peerKeys = new Map<string, Map<string, string>>();
   private readonly holdTimers = new Map<string, NodeJS.Timeout>();
   readonly counters = {
     repairs: 0,
@@ -302,6 +312,15 @@ export class Agent {
     }
   }
 
+  /**
+   * `cb` runs after peers were added to or removed from the kernel: the load balancer's
+   * self-check puts a backend whose entries just arrived back in rotation at once, instead of
+   * at its next periodic check.
+   */
+  onPeersChanged(cb: () => void): void {
+    this.peersChanged = cb;
+  }
+
   /** Coalesce peer-table changes per network into one setPeers at a time. */
   private schedulePeers(netId: string): void {
     const net = this.state.networks[netId];
@@ -311,6 +330,7 @@ export class Agent {
     const run = async (): Promise<void> => {
       while (this.peerDirty.delete(netId)) {
         const fromTables: Peer[] = [];
+        const keys = new Map<string, string>();
         for (const e of this.opts.tables.getEntries(PEER_TABLE, netId)) {
           try {
             const v = JSON.parse(Buffer.from(e.value).toString('utf8')) as PeerValue;
@@ -319,18 +339,34 @@ export class Agent {
               typeof v.mac === 'string' &&
               typeof v.vtep === 'string'
             ) {
-              if (v.vtep !== this.opts.vtep)
+              if (v.vtep !== this.opts.vtep) {
                 fromTables.push({ ip: v.ip, mac: v.mac, vtep: v.vtep });
+                keys.set(e.key, v.vtep);
+              }
             }
           } catch {
             log.warn('bad peer entry ignored', { network: netId, key: e.key, owner: e.owner });
           }
         }
+        // A node whose last endpoints its owner deleted (tombstones: its tasks were removed) is
+        // not held; only one whose entries vanished otherwise (owner failed, our own restart).
+        const lastKeys = this.peerKeys.get(netId) ?? new Map<string, string>();
+        const deleted = new Set<string>();
+        const kept = new Set<string>();
+        for (const [key, vtep] of lastKeys) {
+          if (keys.has(key)) continue;
+          const st = this.opts.tables.entryState(PEER_TABLE, netId, key);
+          if (st === 'deleted') deleted.add(vtep);
+          else kept.add(vtep);
+        }
+        for (const v of kept) deleted.delete(v);
+        this.peerKeys.set(netId, keys);
         const plan = planPeerHold(
           fromTables,
           this.holds.get(netId) ?? { programmed: [], held: new Map() },
           Date.now(),
           this.opts.peerHoldMs ?? 60_000,
+          deleted,
         );
         this.logHolds(net.name, plan);
         try {
@@ -338,6 +374,7 @@ export class Agent {
           this.holds.set(netId, { programmed: this.overlay.peers(net.vni), held: plan.held });
           this.counters.peerSyncs++;
           this.counters.peerConflicts += r.conflicts.length;
+          if (r.added + r.removed > 0) this.peersChanged?.();
           this.counters.peersHeld = [...this.holds.values()].reduce(
             (n, h) => n + [...h.held.values()].reduce((m, x) => m + x.peers.length, 0),
             0,
@@ -369,6 +406,7 @@ export class Agent {
   /** The network is gone from this node: nothing of it is held any more. */
   private dropHold(netId: string): void {
     this.holds.delete(netId);
+    this.peerKeys.delete(netId);
     clearTimeout(this.holdTimers.get(netId));
     this.holdTimers.delete(netId);
   }

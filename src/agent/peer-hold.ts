@@ -43,11 +43,16 @@ export interface HoldPlan {
 
 const bare = (ip: string): string => ip.split('/')[0] ?? ip;
 
+/**
+ * `deleted`: VTEPs whose last endpoints their owner deleted (netdb tombstones: the node's tasks
+ * were removed on purpose); those are never held, so a removed task leaves every peer at once.
+ */
 export function planPeerHold(
   fromTables: readonly Peer[],
   prev: HoldState,
   now: number,
   holdMs: number,
+  deleted: ReadonlySet<string> = new Set(),
 ): HoldPlan {
   const inTables = new Set(fromTables.map((p) => p.vtep));
   const held = new Map<string, Held>();
@@ -61,7 +66,7 @@ export function planPeerHold(
   const gone = new Set([...released, ...expired]);
   const newlyHeld: string[] = [];
   for (const p of prev.programmed) {
-    if (inTables.has(p.vtep) || gone.has(p.vtep)) continue;
+    if (inTables.has(p.vtep) || gone.has(p.vtep) || deleted.has(p.vtep)) continue;
     let h = held.get(p.vtep);
     if (!h) {
       h = { since: now, peers: [] };

@@ -105,9 +105,12 @@ export class AgentRole {
         void lb.reconcile().catch((e: unknown) => log.warn('lb reconcile failed', { err: e }));
       }, 30_000);
       // The self-check: a backend whose overlay path is missing leaves rotation within 2 s.
-      this.reachTimer = setInterval(() => {
+      const checkReach = (): void =>
         void lb.checkReach().catch((e: unknown) => log.warn('lb self-check failed', { err: e }));
-      }, 2_000);
+      this.reachTimer = setInterval(checkReach, 2_000);
+      // And at once when the overlay's peers change, so a new backend enters rotation as soon
+      // as its path exists.
+      agent.onPeersChanged(checkReach);
       this.agent = agent;
       const dnsTable = new DnsTable();
       const upstreams = this.cfg.dnsUpstreams;

@@ -372,6 +372,21 @@ export class NetdbCore {
     return { key, value: e.value, owner: e.owner };
   }
 
+  /**
+   * What became of an entry: `visible`, `hidden` (its owner failed: it may come back), `deleted`
+   * (a tombstone: its owner removed it) or `absent` (never seen, or reaped).
+   */
+  entryState(
+    table: string,
+    netId: string,
+    key: string,
+  ): 'visible' | 'hidden' | 'deleted' | 'absent' {
+    const e = this.tables.get(netId)?.get(table)?.get(key);
+    if (!e) return 'absent';
+    if (e.deleting) return 'deleted';
+    return this.visible(e) ? 'visible' : 'hidden';
+  }
+
   /** Visible entries of a table in a network, sorted by key. */
   getEntries(table: string, netId: string): EntryView[] {
     const t = this.tables.get(netId)?.get(table);

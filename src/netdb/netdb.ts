@@ -111,6 +111,11 @@ export class NetworkDB {
     return this.core.getEntry(table, netId, key);
   }
 
+  /** See NetdbCore.entryState: visible, hidden (owner failed), deleted (tombstone) or absent. */
+  entryState(table: string, netId: string, key: string): ReturnType<NetdbCore['entryState']> {
+    return this.core.entryState(table, netId, key);
+  }
+
   getEntries(table: string, netId: string): EntryView[] {
     return this.core.getEntries(table, netId);
   }

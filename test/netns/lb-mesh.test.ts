@@ -282,6 +282,9 @@ t.test('ServiceLb: VIPs, ingress routing mesh, host ports, scale down, draining'
     await d.setPeers(APP.vni, peers(APP.id));
     await d.setPeers(INGRESS.vni, peers(INGRESS.id));
   }
+  // The LB's self-check took the remote backends out of rotation while they had no overlay
+  // path (the apply came before the peers); as meshd does when peers change, check again.
+  for (const lb of lbs) await lb.checkReach();
   t.same(
     lbs.map((l) => l.lbEndpoints().length),
     [2, 2, 2],

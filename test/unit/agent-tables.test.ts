@@ -22,6 +22,7 @@ const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 class Tables implements PeerTables {
   readonly joined = new Set<string>();
   readonly entries = new Map<string, Uint8Array>();
+  readonly deleted = new Set<string>();
   joinNetwork(netId: string): void {
     this.joined.add(netId);
   }
@@ -47,7 +48,13 @@ class Tables implements PeerTables {
     return v ? { key, value: v, owner: 'self' } : undefined;
   }
   deleteEntry(_table: string, netId: string, key: string): void {
-    this.entries.delete(this.need(netId, key));
+    const k = this.need(netId, key);
+    this.entries.delete(k);
+    this.deleted.add(k);
+  }
+  entryState(_table: string, netId: string, key: string) {
+    const k = `${netId}/${key}`;
+    return this.entries.has(k) ? 'visible' : this.deleted.has(k) ? 'deleted' : 'absent';
   }
   getEntries(_table: string, netId: string): { key: string; value: Uint8Array; owner: string }[] {
     return [...this.entries]

@@ -34,6 +34,20 @@ t.test('a node vanishing as a whole is held, then released when listed again', a
   t.equal(r.held.size, 0);
 });
 
+t.test('a node whose last endpoints were deleted (its tasks removed) is not held', async (t) => {
+  // overlay-e2e: the only task of h3 removed must leave every peer at once, not after holdMs.
+  const p = planPeerHold(
+    [b1],
+    { programmed: [a1, a2, b1], held: none },
+    1000,
+    60_000,
+    new Set(['198.18.0.1']),
+  );
+  t.same(p.peers, [b1]);
+  t.same(p.newlyHeld, []);
+  t.equal(p.held.size, 0);
+});
+
 t.test('a hold expires after holdMs', async (t) => {
   const p = planPeerHold([], { programmed: [a1], held: none }, 0, 60_000);
   t.same(p.peers, [a1]);
