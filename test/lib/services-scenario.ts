@@ -279,7 +279,7 @@ export async function servicesScenario(t: Test, opts: ScenarioOptions): Promise<
   const answers = (h: TestHost, n: number, from = h1.name) => sample(h, n, from).seen;
 
   const created = Date.now();
-  ok(
+  const create = mh.ctl(
     h1,
     'service',
     'create',
@@ -294,7 +294,18 @@ export async function servicesScenario(t: Test, opts: ScenarioOptions): Promise<
     '--',
     ...SERVER,
   );
-  const rows = await until('3 running tasks', () => running().length === 3 && running(), 60_000);
+  if (create.status !== 0) {
+    // The one refusal allowed: under the VM's emulation a raft fsync can stall past the 10 s
+    // commit timeout, and meshctl says the write may still take effect. It must then have taken
+    // effect (the service is listed); any other failure fails here.
+    t.match(create.stderr, /not committed in time/, `service create failed: ${create.stderr}`);
+    await until(
+      'the timed-out create applied',
+      () => mh.ctl(h1, 'service', 'inspect', 'web').status === 0,
+      120_000,
+    );
+  }
+  const rows = await until('3 running tasks', () => running().length === 3 && running(), 120_000);
   t.comment(`service create → 3 running in ${Date.now() - created} ms`);
   if (!t.same(new Set(rows.map((r) => r.node)).size, 3, 'spread: one task per node')) explain();
 

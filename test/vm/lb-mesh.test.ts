@@ -209,6 +209,9 @@ t.test('ServiceLb with IPVS: VIP, ingress, ipvsadm matches show(), draining', as
     await d.setPeers(APP.vni, peers(APP.id));
     await d.setPeers(INGRESS.vni, peers(INGRESS.id));
   }
+  // The LB's self-check took the remote backends out of rotation while they had no overlay
+  // path (the apply came before the peers); as meshd does when peers change, check again.
+  for (const lb of lbs) await lb.checkReach();
 
   const names = backends.map((x) => x.name).sort();
   const N = 6;
