@@ -147,7 +147,10 @@ export async function runSoak(opts: SoakOptions): Promise<SoakResult> {
       lost_by_step: Object.fromEntries(lostByStep),
       lost: lost
         .slice(0, 50)
-        .map((r) => `${new Date(r.at).toISOString()} ${stepAt(r.at)}: ${r.from} → ${r.to}`),
+        .map(
+          (r) =>
+            `${new Date(r.at).toISOString()} ${stepAt(r.at)}: ${r.from} → ${r.to} (${r.error ?? '?'})`,
+        ),
     };
   };
 

@@ -1,10 +1,11 @@
 /**
  * What the task runtime reads from /proc: a process's state, group, session and start time
- * (proc(5), /proc/<pid>/stat), and which processes live in a given network namespace (what
- * `ip netns pids` does). Synchronous, small reads; no knowledge of tasks.
+ * (proc(5), /proc/<pid>/stat), which processes live in a given network namespace (what
+ * `ip netns pids` does) and which ports a namespace listens on. Synchronous, small reads; no
+ * knowledge of tasks.
  * May import: node built-ins.
  */
-import { closeSync, openSync, readSync, readdirSync, readlinkSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, readSync, readdirSync, readlinkSync } from 'node:fs';
 
 export interface ProcStat {
   /** Field 3: R, S, D, Z (zombie), X (dead), … */
@@ -109,4 +110,31 @@ export function signal(pid: number, sig: NodeJS.Signals): boolean {
     if ((e as NodeJS.ErrnoException).code === 'ESRCH') return false;
     throw e;
   }
+}
+
+/**
+ * Ports on which a socket of the network namespace of process `pid` accepts `protocol` traffic:
+ * TCP sockets in LISTEN, bound UDP sockets, IPv4 and IPv6. /proc/<pid>/net/{tcp,udp}[6] list
+ * the sockets of that process's network namespace (proc(5)): one line per socket, the local
+ * address as hex `ADDR:PORT`, the state as hex (0A is TCP_LISTEN, include/net/tcp_states.h).
+ * Parsed here: two fields of a fixed kernel format (`ss` would cost a process per poll). Empty
+ * when the process is gone.
+ */
+export function listeningPorts(pid: number, protocol: 'tcp' | 'udp'): Set<number> {
+  const out = new Set<number>();
+  for (const file of [protocol, `${protocol}6`]) {
+    let text: string;
+    try {
+      text = readFileSync(`/proc/${pid}/net/${file}`, 'latin1');
+    } catch {
+      continue; // exited, or no IPv6 in this kernel
+    }
+    for (const line of text.split('\n').slice(1)) {
+      const f = line.trim().split(/\s+/);
+      const port = f[1]?.split(':')[1];
+      if (port === undefined || (protocol === 'tcp' && f[3] !== '0A')) continue;
+      out.add(parseInt(port, 16));
+    }
+  }
+  return out;
 }

@@ -5,6 +5,9 @@
  * table to the node's load balancer and DNS. Reports which view version the load balancer has
  * applied, so a manager can tell when every node has stopped sending to a task.
  *
+ * Starting a task: it is reported `running` (an active backend everywhere) only once it listens
+ * on its service's published target ports; `starting` until then (bounded).
+ *
  * Stopping a task: the dispatcher's view already lists it as draining (no new connections) from
  * the version that set its desired state to shutdown; the worker asks the managers to wait until
  * every node has applied that version (`dispatcher.lbWait`, measured), then signals the task.
@@ -21,6 +24,7 @@ import type {
   LogRequest,
   NetworkInfo,
   NodeView,
+  PortSpec,
   ServiceEntry,
   TaskStatusUpdate,
 } from '../api/services.js';
@@ -29,6 +33,7 @@ import { netnsOpen, withNetns } from '../netlink/index.js';
 import { MeshError } from '../util/errors.js';
 import { createLogger } from '../util/log.js';
 import type { Agent } from './agent.js';
+import { listeningPorts } from './proc.js';
 
 const log = createLogger('worker');
 
@@ -73,7 +78,12 @@ export interface WorkerOptions {
   pollMs?: number;
   /** Longest wait for every node to drop a stopping task from its load balancer. @default 5,000 ms */
   lbWaitMs?: number;
+  /** Longest wait for a new task to listen on its published ports. @default 30,000 ms */
+  listenWaitMs?: number;
 }
+
+/** How often a starting task's listening sockets are read (a few small /proc reads). */
+const LISTEN_POLL_MS = 50;
 
 const TERMINAL: ReadonlySet<TaskState> = new Set([
   'complete',
@@ -344,8 +354,9 @@ export class Worker {
       attachments.push({ net, address: a.address });
     }
     const dns = this.opts.dns;
+    let pid: number | undefined;
     try {
-      await this.opts.agent.runService({
+      ({ pid } = await this.opts.agent.runService({
         id: t.id,
         name: t.name,
         serviceId: t.serviceId,
@@ -374,8 +385,9 @@ export class Worker {
               },
             }
           : {}),
-      });
+      }));
       this.counters.started++;
+      if (!(await this.untilListening(t, pid))) return;
       this.report(t.id, 'running', {
         message: 'started',
         ...(t.template.health ? { healthy: false } : {}),
@@ -388,6 +400,47 @@ export class Worker {
       const err = (e as Error).message;
       log.warn('service task failed to start', { task: t.name, err });
       this.report(t.id, 'rejected', { message: 'failed to start', err });
+    }
+  }
+
+  /**
+   * A running task enters every node's load balancer, so it is reported `running` only once it
+   * listens on the target port of each of its service's published ports (`starting` until
+   * then): a process spawned is not a server accepting, and connections balanced to it in
+   * between were refused (the soak lost requests at every new task of a scale up, drain or
+   * rolling update, docs/soak.md). Bounded by `listenWaitMs`, after which it is reported running
+   * anyway (as Swarm does without a health check). False when it should not be reported running
+   * at all: it exited (reported by onExit) or is being stopped.
+   */
+  private async untilListening(t: AssignedTask, pid: number | undefined): Promise<boolean> {
+    const ports = new Map<string, PortSpec>();
+    for (const p of [...(this.services.get(t.serviceId)?.ports ?? []), ...t.hostPorts]) {
+      ports.set(`${p.target}/${p.protocol}`, p);
+    }
+    if (pid === undefined || ports.size === 0) return true;
+    const want = [...ports.keys()].join(', ');
+    this.report(t.id, 'starting', { message: `waiting for it to listen on ${want}` });
+    const limit = Date.now() + (this.opts.listenWaitMs ?? 30_000);
+    const alive = () =>
+      !this.closed &&
+      this.localOf(t.id).stopping !== true &&
+      this.tasks.get(t.id)?.desiredState === 'running' &&
+      this.opts.agent.runtime.get(t.id)?.state === 'running';
+    for (;;) {
+      if (!alive()) return false;
+      const missing = [...ports.values()].filter(
+        (p) => !listeningPorts(pid, p.protocol).has(p.target),
+      );
+      if (missing.length === 0) return true;
+      if (Date.now() >= limit) {
+        log.warn('task does not listen on its published ports; putting it in rotation anyway', {
+          task: t.name,
+          ports: missing.map((p) => `${p.target}/${p.protocol}`).join(','),
+          waitedMs: this.opts.listenWaitMs ?? 30_000,
+        });
+        return true;
+      }
+      await sleep(LISTEN_POLL_MS);
     }
   }
 

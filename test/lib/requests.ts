@@ -28,7 +28,8 @@ export const CLIENT_DEADLINE_MS = 1_000;
 /**
  * A client process: requests its URLs round robin until killed, each on a new connection, one
  * deadline for the whole exchange whatever events do or do not come; appends one line per
- * request to the file named first: start time (ms), URL, the answer's first word or `-`.
+ * request to the file named first: start time (ms), URL, the answer's first word or `-` and why
+ * (`timeout` or the socket error, e.g. ECONNREFUSED: nothing listened, ECONNRESET).
  */
 const CLIENT = `
 const http = require('http');
@@ -39,21 +40,21 @@ const once = () => {
   const url = urls[i++ % urls.length];
   const start = Date.now();
   let done = false;
-  const end = (answer) => {
+  const end = (answer, why) => {
     if (done) return;
     done = true;
     clearTimeout(timer);
-    fs.appendFileSync(out, start + ' ' + url + ' ' + (answer || '-') + '\\n');
+    fs.appendFileSync(out, start + ' ' + url + ' ' + (answer || '-') + (answer ? '' : ' ' + why) + '\\n');
     setTimeout(once, Number(gap));
   };
-  const timer = setTimeout(() => { req.destroy(); end(''); }, ${CLIENT_DEADLINE_MS});
+  const timer = setTimeout(() => { req.destroy(); end('', 'timeout'); }, ${CLIENT_DEADLINE_MS});
   const req = http.get(url, { agent: false }, (res) => {
     let b = '';
     res.on('data', (d) => (b += d));
     res.on('end', () => end(b.trim().split(' ')[0]));
-    res.on('error', () => end(''));
+    res.on('error', (e) => end('', e.code || 'error'));
   });
-  req.on('error', () => end(''));
+  req.on('error', (e) => end('', e.code || 'error'));
 };
 once();
 `;
@@ -64,6 +65,8 @@ export interface ClientLine {
   from: string;
   to: string;
   answer: string | null;
+  /** Why there was no answer: `timeout` (the deadline passed) or the socket's error code. */
+  error?: string;
 }
 
 /**
@@ -106,13 +109,14 @@ export class HttpClients {
         const lines = (o.rest + buf.toString('utf8')).split('\n');
         o.rest = lines.pop() ?? '';
         for (const l of lines) {
-          const [at, to, answer] = l.split(' ');
+          const [at, to, answer, error] = l.split(' ');
           if (at === undefined || to === undefined) continue;
           out.push({
             at: Number(at),
             from: o.from,
             to: to.replace(/^http:\/\//, '').replace(/\/$/, ''),
             answer: answer === '-' ? null : (answer ?? null),
+            ...(answer === '-' && error ? { error } : {}),
           });
         }
       } finally {

@@ -3,6 +3,7 @@
 import t, { type Test } from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
+import { createServer } from 'node:net';
 import {
   existsSync,
   mkdtempSync,
@@ -23,7 +24,7 @@ import {
   netnsOpen,
   spawnInNetns,
 } from '../../src/netlink/index.js';
-import { pidsInNetns, readProcStat } from '../../src/agent/proc.js';
+import { listeningPorts, pidsInNetns, readProcStat } from '../../src/agent/proc.js';
 import { TaskRuntime, type ExitEvent, type TaskInfo } from '../../src/agent/runtime.js';
 import { setLogSink } from '../../src/util/log.js';
 import { destroyByPrefix, sweepStale } from '../lib/testnet.js';
@@ -421,4 +422,26 @@ t.test('a damaged tasks.json is refused with a way out', async (t) => {
   const c = ctx(t);
   writeFileSync(join(c.stateDir, 'tasks.json'), '{"version":1,"tasks":[');
   await t.rejects(c.open(), { code: 'EDATA', message: /move the file aside/ });
+});
+
+t.test('listeningPorts reads the ports a task namespace listens on, not ours', async (t) => {
+  const c = ctx(t);
+  const rt = await c.open();
+  const id = 'aaaabbbbccccdddd0009';
+  // Listens on TCP 8081 and binds UDP 5353 a second after it starts (IPv6 and IPv4 sockets).
+  const server =
+    "setTimeout(()=>{require('net').createServer().listen(8081,'::');require('dgram').createSocket('udp4').bind(5353)},1000);setInterval(()=>{},1<<30)";
+  await rt.create({ id, name: 'late-listener', cmd: [process.execPath, '-e', server] });
+  const pid = (await rt.start(id)).pid!;
+  // A listener of this process (another namespace) on the same port must not count.
+  const ours = createServer().listen(8081, '127.0.0.1');
+  t.teardown(() => void ours.close());
+  await once(ours, 'listening');
+  t.notOk(listeningPorts(pid, 'tcp').has(8081), 'not yet listening: 8081/tcp absent');
+  await until('8081/tcp listening', () => listeningPorts(pid, 'tcp').has(8081));
+  await until('5353/udp bound', () => listeningPorts(pid, 'udp').has(5353));
+  t.notOk(listeningPorts(pid, 'udp').has(8081), 'a TCP listener is no UDP port');
+  t.notOk(listeningPorts(pid, 'tcp').has(5353), 'a UDP socket is no TCP listener');
+  await rt.stop(id, { graceMs: 1000 });
+  t.same([...listeningPorts(pid, 'tcp')], [], 'nothing once the process is gone');
 });

@@ -3,7 +3,8 @@
 // request to every host's published port — none may be lost — and at the end every replica serves
 // the new spec (the answers echo its env); the rollback likewise back to the old spec. Then an
 // update whose new tasks fail their health check: with --update-failure-action pause the update
-// pauses, with rollback it rolls back, and the service keeps answering all along.
+// pauses, with rollback it rolls back, and the service keeps answering all along. Last, a rolling
+// update without a health check whose new tasks are slow to listen loses no request either.
 import t, { type Test } from 'tap';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -137,3 +138,25 @@ t.test(
     t.pass('after the automatic rollback every replica serves v1');
   },
 );
+
+// Without a health check a new task enters the load balancers once it runs; the agent reports it
+// running only when it listens on its published target port. Tasks that take 1.5 s to listen
+// (a slow start, made certain here) would otherwise be balanced to and refuse connections: every
+// node's clients lost requests at each new task of the update.
+const SLOW_SERVER = ['node', '-e', `setTimeout(()=>${ECHO_SERVER[2]},1500)`];
+
+t.test('a rolling update without a health check waits for new tasks to listen', async (t) => {
+  const c = await cluster(t, '2s');
+  const { mh, hosts } = c;
+  const h1 = hosts[0];
+  const policy = ['--update-parallelism', '1', '--update-delay', '1s'];
+  mh.ok(h1, 'service', 'create', '--name', 'web', '--replicas', '3', '--network', 'app', '-p', '8080:80', '-e', 'VER=v1', ...policy, '--', ...SLOW_SERVER); // prettier-ignore
+  await until('3 running', () => c.running('web').length === 3, 60_000);
+  await allAt(c, 'v1');
+  const up = await counted(t, c, 'service update VER=v2 (tasks listen 1.5 s after start)', () =>
+    mh.ok(h1, 'service', 'update', '-e', 'VER=v2', '--timeout', '120s', 'web'),
+  );
+  t.comment(`answers during the update: ${JSON.stringify(versions(up))}`);
+  await allAt(c, 'v2');
+  t.pass('every replica serves v2 from every host');
+});
