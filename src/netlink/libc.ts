@@ -155,6 +155,34 @@ export function netlinkBind(fd: number, groups = 0): number {
   return out.readUInt32LE(4);
 }
 
+const AF_INET = 2;
+const SOCK_STREAM = 1;
+const SOCK_DGRAM = 2;
+
+/**
+ * A TCP or UDP socket bound to 0.0.0.0:`port` and never listening (a port reservation): Node
+ * cannot bind a TCP socket without listening. Returns its fd; throws SyscallError (errno 98,
+ * EADDRINUSE, when another program holds the port).
+ */
+export function inet4BoundSocket(port: number, protocol: 'tcp' | 'udp'): number {
+  const what = `0.0.0.0:${port}/${protocol}`;
+  const fd = check(
+    c.socket(AF_INET, (protocol === 'tcp' ? SOCK_STREAM : SOCK_DGRAM) | SOCK_CLOEXEC, 0),
+    'socket',
+    what,
+  );
+  const sa = new Uint8Array(16); // struct sockaddr_in: family, port (big-endian), address 0
+  sa[0] = AF_INET;
+  sa[2] = (port >> 8) & 0xff;
+  sa[3] = port & 0xff;
+  if (c.bind(fd, sa, sa.length) < 0) {
+    const errno = koffi.errno();
+    c.close(fd);
+    throw new SyscallError('bind', errno, what);
+  }
+  return fd;
+}
+
 /** setsockopt with a 32-bit integer value. */
 export function setsockoptInt(fd: number, level: number, name: number, value: number): void {
   const v = Buffer.alloc(4);
