@@ -6,6 +6,7 @@
 import type { LbShow, LbShowEntry } from '../api/lb.js';
 import { UsageError } from '../util/errors.js';
 import { call } from './client.js';
+import { tableLines } from './table.js';
 
 export const LB_HELP = `  lb show [--service S]
                  this node's load balancer: backend (ipvs or nftables), per VIP and
@@ -25,17 +26,6 @@ function front(e: LbShowEntry): string {
   const port = e.port === 0 ? '*' : String(e.port);
   if (e.kind === 'vip') return `${e.vip ?? '?'}:${port}/${e.protocol}`;
   return `:${port}/${e.protocol} (${e.kind})`;
-}
-
-function pad(rows: string[][]): string[] {
-  const w: number[] = [];
-  for (const r of rows) r.forEach((c, i) => (w[i] = Math.max(w[i] ?? 0, c.length)));
-  return rows.map((r) =>
-    r
-      .map((c, i) => (i === r.length - 1 ? c : c.padEnd(w[i] ?? 0)))
-      .join('  ')
-      .trimEnd(),
-  );
 }
 
 /** The text `lb show` prints (pure). */
@@ -76,7 +66,7 @@ export function formatLbShow(s: LbShow, now: number): string {
         b.activeConns === undefined ? '-' : String(b.activeConns),
         b.inactiveConns === undefined ? '-' : String(b.inactiveConns),
       ]);
-    out.push(...pad(rows));
+    out.push(...tableLines(rows));
   }
   return out.join('\n') + '\n';
 }

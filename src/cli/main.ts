@@ -8,6 +8,7 @@
 import { parseArgs } from 'node:util';
 import { MeshError, UsageError } from '../util/errors.js';
 import { VERSION } from '../util/version.js';
+import { table } from './table.js';
 import { call } from './client.js';
 import { LB_HELP, lbCmd } from './lb.js';
 import { SERVICE_HELP, parseDuration, serviceCmd } from './service.js';
@@ -125,16 +126,6 @@ interface GossipStatus {
     sinceMs: number;
   }>;
   counters: Record<string, number>;
-}
-
-/** Left-aligned columns, two spaces apart (like docker's tables). */
-function table(rows: string[][]): string {
-  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
-  return (
-    rows
-      .map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  '))
-      .join('\n') + '\n'
-  );
 }
 
 async function debugGossip(a: Args): Promise<void> {

@@ -7,6 +7,7 @@
  */
 import { MeshError, UsageError } from '../util/errors.js';
 import { call } from './client.js';
+import { table } from './table.js';
 
 export const SERVICE_HELP = `  service create --name N [--replicas N | --mode global] [--network NET[:ALIAS,…]]...
                  [-p PUB:TARGET[/udp] | --publish published=,target=,protocol=,mode=]...
@@ -259,20 +260,6 @@ interface Row {
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 const q = encodeURIComponent;
-
-function table(rows: string[][]): string {
-  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
-  return (
-    rows
-      .map((r) =>
-        r
-          .map((c, i) => c.padEnd(widths[i]!))
-          .join('  ')
-          .trimEnd(),
-      )
-      .join('\n') + '\n'
-  );
-}
 
 function age(ms: number): string {
   const s = Math.round(ms / 1000);
