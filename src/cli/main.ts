@@ -8,6 +8,7 @@
 import { parseArgs } from 'node:util';
 import { MeshError, UsageError } from '../util/errors.js';
 import { VERSION } from '../util/version.js';
+import type { NetworkRow } from '../api/networks.js';
 import { table } from './table.js';
 import { call } from './client.js';
 import { LB_HELP, lbCmd } from './lb.js';
@@ -395,19 +396,6 @@ async function nodeCmd(a: Args): Promise<void> {
   }
 }
 
-interface NetRow {
-  id: string;
-  name: string;
-  driver: string;
-  vni: number;
-  subnets: string[];
-  attachable: boolean;
-  internal: boolean;
-  ingress: boolean;
-  encrypted: boolean;
-  tasks: number;
-}
-
 async function netCmd(a: Args): Promise<void> {
   const verb = a.words[1];
   switch (verb) {
@@ -479,7 +467,7 @@ async function netCmd(a: Args): Promise<void> {
     }
     case 'ls': {
       cmdArgs(a, 2, {}, 'net ls');
-      const nets = await call<NetRow[]>(a.host, 'GET', '/v1/networks');
+      const nets = await call<NetworkRow[]>(a.host, 'GET', '/v1/networks');
       if (a.json) return out(JSON.stringify(nets) + '\n');
       const rows = [['ID', 'NAME', 'DRIVER', 'VNI', 'SUBNETS', 'OPTIONS', 'TASKS']];
       for (const n of [...nets].sort((x, y) => x.name.localeCompare(y.name))) {

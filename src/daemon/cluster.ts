@@ -24,7 +24,7 @@ import {
   type ManagerAddr,
   type NodeState,
 } from '../manager/ca/identity.js';
-import type { NetworkSpec } from '../manager/allocation/networks.js';
+import type { NetworkSpec } from '../api/networks.js';
 import type { WalFs } from '../raft/wal.js';
 import { Manager, splitHostPort, type HeartbeatReply, type JoinReply } from '../manager/manager.js';
 import { forceNewCluster } from '../manager/store/recovery.js';

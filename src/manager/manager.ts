@@ -37,9 +37,9 @@ import {
   planDetach,
   planIngressNetwork,
   planRemoveNetwork,
-  type NetworkSpec,
   type NetworkView,
 } from './allocation/networks.js';
+import type { NetworkSpec } from '../api/networks.js';
 import { RaftNode } from './store/raftnode.js';
 import { ServiceController } from './orchestration/controller.js';
 import { Dispatcher } from './dispatch/dispatcher.js';

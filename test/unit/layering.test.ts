@@ -54,8 +54,6 @@ const ALLOWED: Record<string, readonly string[]> = {
     'manager/ca',
     'manager/dispatch',
     'manager/store',
-    // NetworkSpec (the request body of `net create`) still lives with its planner.
-    'manager/allocation',
   ],
   // The CLI speaks to meshd only through the API's contracts.
   cli: ['api', 'util'],

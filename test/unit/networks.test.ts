@@ -23,8 +23,8 @@ import {
   planIngressNetwork,
   planRemoveNetwork,
   taskAttachments,
-  type NetworkSpec,
 } from '../../src/manager/allocation/networks.js';
+import type { NetworkSpec } from '../../src/api/networks.js';
 import { Store, encodeCommand, type ApplyResult, type Op } from '../../src/manager/store/store.js';
 import { MeshError } from '../../src/util/errors.js';
 

@@ -15,6 +15,7 @@
  * May import src/api/objects.ts, ./ipam.ts, src/manager/store/ and src/util/errors.ts.
  */
 
+import type { NetworkRow, NetworkSpec } from '../../api/networks.js';
 import { isPlain } from '../../api/objects.js';
 import { MeshError } from '../../util/errors.js';
 import {
@@ -41,24 +42,6 @@ export const MTU_MIN = 576;
 export const MTU_MAX = 9216;
 /** Like a DNS label (RFC 1123 §2.1), plus `_` inside, which compose-style names use. */
 const NAME_RE = /^[A-Za-z0-9](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?$/;
-
-export interface SubnetSpec {
-  subnet?: string;
-  gateway?: string;
-  ipRange?: string;
-}
-
-export interface NetworkSpec {
-  name: string;
-  driver?: string;
-  subnets?: readonly SubnetSpec[];
-  attachable?: boolean;
-  internal?: boolean;
-  encrypted?: boolean;
-  mtu?: number;
-  labels?: Readonly<Record<string, string>>;
-  ingress?: boolean;
-}
 
 /** A network as `createNetwork` ops write it (the store adds version and createdIndex). */
 export type NetworkValue = Omit<Network, 'version' | 'createdIndex'>;
@@ -598,18 +581,7 @@ export function describeNetwork(store: Store, net: Network | string): NetworkVie
 }
 
 /** One row per network for `net ls`. */
-export function listNetworks(store: Store): {
-  id: string;
-  name: string;
-  driver: 'overlay';
-  vni: number;
-  subnets: string[];
-  attachable: boolean;
-  internal: boolean;
-  ingress: boolean;
-  encrypted: boolean;
-  tasks: number;
-}[] {
+export function listNetworks(store: Store): NetworkRow[] {
   return store.list('network').map((n) => ({
     id: n.id,
     name: n.name,
